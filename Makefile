@@ -1,0 +1,60 @@
+# cifar10-lab: `make train` and `make test` set everything up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Extra Hydra overrides for train/eval, e.g. make train ARGS="model=conv3 trainer.max_epochs=4"
+ARGS ?=
+
+# A local copy of CIFAR-10 beside the checkout (as on the project's own machines, which cannot
+# reach the official download) is unpacked once and used instead of the download.
+SHARED_COPY ?= ../shared/data/cifar10-jpeg.tar.gz
+CACHE_DIR ?= $(HOME)/.cache/cifar10-lab
+LOCAL_DATA := $(CACHE_DIR)/cifar10-jpeg
+ifneq ($(wildcard $(SHARED_COPY)),)
+DATA_ARGS ?= data.source=folder data.root=$(LOCAL_DATA)
+DATA_DEP := $(LOCAL_DATA)/.unpacked
+endif
+
+.PHONY: install train test test-all lint format tensorboard data clean distclean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+data: $(DATA_DEP)
+
+$(LOCAL_DATA)/.unpacked: $(SHARED_COPY)
+	mkdir -p $(CACHE_DIR)
+	tar -xzf $(SHARED_COPY) -C $(CACHE_DIR)
+	touch $@
+
+train: install $(DATA_DEP)
+	$(PY) -m src.train $(DATA_ARGS) $(ARGS)
+
+test: install
+	$(PY) -m pytest
+
+test-all: install $(DATA_DEP)
+	$(PY) -m pytest -m "slow or not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir "$$(ls -dt outputs/runs/*/* outputs/sweeps/*/* 2>/dev/null | head -n 1)"
+
+clean:
+	find outputs -mindepth 1 -not -name .gitkeep -delete
+	rm -rf .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,138 @@
+"""Classifier: the one LightningModule that trains, validates and tests every network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy classification with accuracy (overall and per class) for each stage.
+
+    Inputs are float images in [0, 1]; the network's input normalisation (mean, std) lives in
+    this module as buffers, so a checkpoint alone classifies raw pixels (eval, predict).
+    Accuracies are logged in percent under `stage/name` keys.
+
+    Args:
+        net: the network (any nn.Module mapping N x 3 x H x W to N x classes).
+        optimizer: factory `optimizer(params)` (a Hydra `_partial_` config).
+        scheduler: factory `scheduler(optimizer, total_steps)` stepped every batch, or None.
+        net_config: the config the net was built from, kept in checkpoints to rebuild it.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        class_names: Sequence[str] = (),
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        net_config: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.class_names = list(class_names)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        n = len(self.class_names)
+        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.val_acc = MulticlassAccuracy(n, average="micro")
+        self.test_acc = MulticlassAccuracy(n, average="micro")
+        self.val_confusion = MulticlassConfusionMatrix(n)
+        self.test_confusion = MulticlassConfusionMatrix(n)
+        # A buffer, not a metric object: it is saved in checkpoints and survives a resume.
+        self.register_buffer("val_acc_best", torch.tensor(float("-inf")))
+        # Filled at the end of each stage, for reports and metrics.json.
+        self.val_confusion_best: Tensor | None = None
+        self.test_results: dict = {}
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = (images - self.mean) / self.std
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(labels),
+            prog_bar=stage != "train",
+        )
+        return loss, logits.argmax(1), labels
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss, preds, labels = self._step(batch, "train")
+        self.train_acc.update(preds, labels)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        _, preds, labels = self._step(batch, "val")
+        self.val_acc.update(preds, labels)
+        self.val_confusion.update(preds, labels)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        _, preds, labels = self._step(batch, "test")
+        self.test_acc.update(preds, labels)
+        self.test_confusion.update(preds, labels)
+
+    # Accuracies are computed at epoch end rather than logged as metric objects, so they are
+    # logged in percent, and per class, in one place.
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc.compute() * 100)
+        self.train_acc.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self.val_acc.compute() * 100
+        confusion = self.val_confusion.compute()
+        self.val_acc.reset()
+        self.val_confusion.reset()
+        if self.trainer.sanity_checking:
+            return
+        if acc > self.val_acc_best:
+            self.val_acc_best.fill_(acc)
+            self.val_confusion_best = confusion.cpu()
+        self.log("val/acc", acc, prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best, prog_bar=True)
+        self._log_per_class("val", confusion)
+
+    def on_test_epoch_end(self) -> None:
+        acc = self.test_acc.compute() * 100
+        confusion = self.test_confusion.compute()
+        self.test_acc.reset()
+        self.test_confusion.reset()
+        self.log("test/acc", acc)
+        per_class = self._log_per_class("test", confusion)
+        self.test_results = {"acc_per_class": per_class, "confusion": confusion.cpu()}
+
+    def _log_per_class(self, stage: str, confusion: Tensor) -> dict[str, float]:
+        per_class = confusion.diag() / confusion.sum(1).clamp(min=1) * 100
+        values = {name: float(v) for name, v in zip(self.class_names, per_class, strict=True)}
+        for name, value in values.items():
+            self.log(f"{stage}/acc_class/{name}", value)
+        return values
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -1,0 +1,127 @@
+"""Train one network: fit with validation every epoch, then test the best checkpoint.
+
+python -m src.train model=tutorial optimizer.lr=0.01 data.batch_size=128 trainer.max_epochs=5
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.console import print_layer_summary, print_results
+from src.data import CIFAR10DataModule
+from src.errors import ConfigError
+from src.models import Classifier
+from src.models.convnet import count_parameters, layer_summary
+from src.run import RunRecord, cli, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Catch values that cannot work before spending any time on data or models."""
+    lr = cfg.optimizer.get("lr")
+    if lr is None or not lr > 0 or not math.isfinite(lr):
+        raise ConfigError(f"optimizer.lr must be a positive number, got {lr}")
+    epochs = cfg.trainer.get("max_epochs")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"trainer.max_epochs must be a positive integer, got {epochs}")
+
+
+def build_model(cfg: DictConfig, dm: CIFAR10DataModule) -> Classifier:
+    net = instantiate(cfg.model.net, num_classes=dm.num_classes)
+    return Classifier(
+        net=net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        class_names=dm.classes,
+        mean=dm.mean,
+        std=dm.std,
+        label_smoothing=cfg.label_smoothing,
+        channels_last=cfg.channels_last,
+        net_config=OmegaConf.to_container(cfg.model.net, resolve=True),
+    )
+
+
+def build_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **kwargs)
+
+
+def train(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = RunRecord(
+        out_dir / "metrics.json",
+        status="running",
+        run_dir=str(out_dir),
+        model=cfg.model.name,
+        seed=cfg.seed,
+    )
+    try:
+        check_config(cfg)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        threads = set_threads(cfg.threads)
+        dm: CIFAR10DataModule = instantiate(cfg.data)
+        dm.prepare_data()
+        dm.setup("fit")
+        model = build_model(cfg, dm)
+        if cfg.compile:
+            model.net.compile()
+        params = count_parameters(model.net)
+        print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
+        trainer = build_trainer(cfg)
+        log.info(
+            "training %s (%d parameters) on %s, %d CPU threads; run folder %s",
+            cfg.model.name,
+            params,
+            trainer.strategy.root_device,
+            threads,
+            out_dir,
+        )
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        val_acc_best = float(model.val_acc_best)  # read before testing loads the best weights
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        test = trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
+    except BaseException as err:
+        record.update(
+            status="failed",
+            error=f"{type(err).__name__}: {err}",
+            wall_time_s=round(time.perf_counter() - started, 2),
+        )
+        raise
+    metrics = {
+        "status": "finished",
+        "val/acc_best": round(val_acc_best, 4) if math.isfinite(val_acc_best) else None,
+        "test/acc": test["test/acc"],
+        "test/loss": test["test/loss"],
+        "test/acc_per_class": model.test_results["acc_per_class"],
+        "params": params,
+        "epochs": trainer.current_epoch,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "best_checkpoint": best,
+    }
+    record.update(**metrics)
+    print_results(record.data)
+    return record.data
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@cli
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the metric a sweeper maximises (best validation accuracy)."""
+    return train(cfg).get(cfg.get("optimized_metric", "val/acc_best"))
+
+
+if __name__ == "__main__":
+    main()
