@@ -84,11 +84,23 @@ def cli(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     def wrapper(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
-        except UserError as err:
-            log.error("%s", err)
+        except Exception as err:
+            user_error = _find_user_error(err)
+            if user_error is None:
+                raise
+            log.error("%s", user_error)
             sys.exit(2)
 
     return wrapper
+
+
+def _find_user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind `err`: Hydra's instantiate wraps exceptions raised in constructors."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 register_resolvers()

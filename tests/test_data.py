@@ -1,0 +1,171 @@
+"""The data path: sources, cache, splits, loaders and augmentation."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.data import CIFAR10DataModule
+from src.data.augment import PRESETS, get_augment
+from src.errors import ConfigError, DataError
+
+
+def datamodule(root: Path, tmp_path: Path, **kwargs) -> CIFAR10DataModule:
+    args = dict(source="folder", root=str(root), cache_dir=str(tmp_path / "cache"), val_size=12)
+    dm = CIFAR10DataModule(**{**args, **kwargs})
+    dm.setup("fit")
+    return dm
+
+
+def test_folder_source_decodes_every_image(folder_data, tmp_path):
+    dm = datamodule(folder_data, tmp_path)
+    assert dm.classes == ["cat", "dog", "ship"]
+    assert dm.data.train_images.shape == (120, 32, 32, 3)
+    assert dm.data.train_images.dtype == np.uint8
+    assert dm.data.test_images.shape == (30, 32, 32, 3)
+    assert np.bincount(dm.data.train_labels).tolist() == [40, 40, 40]
+
+
+def test_official_source_reads_torchvision_batches(official_data, tmp_path):
+    dm = datamodule(official_data, tmp_path, source="torchvision", download=False)
+    assert dm.data.train_images.shape == (150, 32, 32, 3)
+    assert dm.data.test_images.shape == (30, 32, 32, 3)
+    assert dm.classes[0] == "airplane" and len(dm.classes) == 10
+
+
+def test_tampered_official_file_is_refused(official_data, tmp_path):
+    batch = official_data / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:-10])
+    with pytest.raises(DataError, match="integrity check"):
+        datamodule(official_data, tmp_path, source="torchvision", download=False)
+
+
+def test_offline_download_fails_fast_with_a_hint(tmp_path, monkeypatch):
+    import socket
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    started = time.monotonic()
+    with pytest.raises(DataError, match="data.source=folder"):
+        datamodule(tmp_path / "nothing", tmp_path, source="torchvision", download=True)
+    assert time.monotonic() - started < 10
+    assert not list((tmp_path / "nothing").glob("*.tar.gz")), "no half-downloaded archive left"
+
+
+def test_other_sizes_are_resized_with_a_warning(folder_data, tmp_path, caplog):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(folder_data / "train" / "cat" / "big.jpg")
+    dm = datamodule(folder_data, tmp_path)
+    assert dm.data.train_images.shape == (121, 32, 32, 3)
+    assert "were not 32x32 and were resized" in caplog.text
+
+
+def test_cache_is_reused_and_loads_fast(folder_data, tmp_path):
+    first = datamodule(folder_data, tmp_path)
+    entries = list((tmp_path / "cache").iterdir())
+    started = time.perf_counter()
+    second = datamodule(folder_data, tmp_path)
+    assert time.perf_counter() - started < 1.0
+    assert second.data.path == first.data.path
+    assert list((tmp_path / "cache").iterdir()) == entries
+    assert isinstance(second.data.train_images, np.memmap), "cache is memory-mapped"
+
+
+def _prepare(root: str, cache: str) -> str:
+    dm = CIFAR10DataModule(source="folder", root=root, cache_dir=cache, val_size=12)
+    dm.setup("fit")
+    return str(dm.data.path)
+
+
+def test_two_processes_preparing_at_once_share_one_intact_cache(folder_data, tmp_path):
+    cache = str(tmp_path / "cache")
+    with mp.get_context("spawn").Pool(2) as pool:
+        paths = pool.starmap(_prepare, [(str(folder_data), cache)] * 2)
+    assert paths[0] == paths[1]
+    entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
+    assert len(entries) == 1, f"one cache entry, no temporary leftovers: {entries}"
+    assert np.load(Path(paths[0]) / "train_images.npy").shape == (120, 32, 32, 3)
+
+
+def test_splits_are_disjoint_repeatable_and_never_touch_test(folder_data, tmp_path):
+    a = datamodule(folder_data, tmp_path, split_seed=1)
+    b = datamodule(folder_data, tmp_path, split_seed=1)
+    c = datamodule(folder_data, tmp_path, split_seed=2)
+    assert set(a.train_idx.tolist()).isdisjoint(a.val_idx.tolist())
+    assert len(a.train_idx) + len(a.val_idx) == 120 and len(a.val_idx) == 12
+    assert torch.equal(a.val_idx, b.val_idx)
+    assert not torch.equal(a.val_idx, c.val_idx)
+    assert a.val_dataloader().images is a.train_images  # validation comes from training data
+    assert a.test_dataloader().images is a.test_images
+
+
+def test_validation_fraction_and_test_as_validation(folder_data, tmp_path):
+    assert len(datamodule(folder_data, tmp_path, val_size=0.25).val_idx) == 30
+    seed004 = datamodule(folder_data, tmp_path, val_from="test")
+    assert len(seed004.train_idx) == 120
+    assert seed004.val_dataloader().images is seed004.test_images
+
+
+def test_validation_as_large_as_training_is_refused(folder_data, tmp_path):
+    with pytest.raises(ConfigError, match="val_size"):
+        datamodule(folder_data, tmp_path, val_size=120)
+
+
+def test_loader_yields_every_training_image_once_per_epoch(folder_data, tmp_path):
+    dm = datamodule(folder_data, tmp_path, batch_size=7)
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == 16
+    images, labels = batches[0]
+    assert images.shape == (7, 3, 32, 32) and images.dtype == torch.uint8
+    seen = torch.cat([y for _, y in batches])
+    assert len(seen) == 108
+    loader.sampler.set_epoch(1)
+    assert not torch.equal(loader.sampler.order(), dm.train_dataloader().sampler.order())
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
+def test_augmentation_keeps_shape_dtype_range_and_changes_images(preset):
+    x = torch.rand(16, 3, 32, 32)
+    out = get_augment(preset)(x.clone())
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, x)
+
+
+def test_augmentation_changes_training_batches_only(folder_data, tmp_path):
+    dm = datamodule(folder_data, tmp_path, augment="flip_crop")
+
+    class FakeTrainer:
+        training = True
+
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = FakeTrainer()
+    augmented, _ = dm.on_after_batch_transfer(batch, 0)
+    FakeTrainer.training = False
+    plain, _ = dm.on_after_batch_transfer(batch, 0)
+    assert torch.equal(plain, batch[0].float() / 255)
+    assert not torch.equal(augmented, plain)
+
+
+def test_unknown_augmentation_and_source_are_config_errors(folder_data, tmp_path):
+    with pytest.raises(ConfigError, match="data.augment"):
+        datamodule(folder_data, tmp_path, augment="mixup")
+    with pytest.raises(ConfigError, match="data.source"):
+        datamodule(folder_data, tmp_path, source="s3")
+
+
+def test_dataset_normalisation_comes_from_training_images(folder_data, tmp_path):
+    dm = datamodule(folder_data, tmp_path, normalize="dataset")
+    pixels = dm.data.train_images.reshape(-1, 3) / 255
+    assert np.allclose(dm.mean, pixels.mean(0), atol=1e-4)
+    assert np.allclose(dm.std, pixels.std(0), atol=1e-4)
+    assert datamodule(folder_data, tmp_path).mean == [0.5, 0.5, 0.5]

@@ -1,0 +1,123 @@
+"""Training and evaluation end to end on tiny synthetic data, in-process and from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.eval import evaluate
+from src.train import train
+from tests.conftest import compose_config, run_cli, tiny_overrides
+
+KEYS = {
+    "status",
+    "val/acc_best",
+    "test/acc",
+    "test/loss",
+    "test/acc_per_class",
+    "params",
+    "wall_time_s",
+}
+
+
+def train_tiny(tmp_path: Path, data_root: Path, *extra: str, source="folder", run="run") -> dict:
+    overrides = [*tiny_overrides(tmp_path, data_root, source), *extra]
+    return train(compose_config("train", overrides, tmp_path / run))
+
+
+@pytest.mark.parametrize("source", ["folder", "torchvision"])
+def test_train_writes_a_complete_run_folder(source, folder_data, official_data, tmp_path):
+    root = folder_data if source == "folder" else official_data
+    metrics = train_tiny(tmp_path, root, source=source)
+    run = tmp_path / "run"
+    assert KEYS <= metrics.keys() and metrics["status"] == "finished"
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert "_target_: src.data.CIFAR10DataModule" in (run / "config.yaml").read_text()
+    assert (run / "checkpoints" / "best.ckpt").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert len(metrics["test/acc_per_class"]) == (3 if source == "folder" else 10)
+    assert 0 <= metrics["test/acc"] <= 100
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= tags
+    assert any(tag.startswith("lr-") for tag in tags), tags
+
+
+def test_synthetic_classes_are_learned(folder_data, tmp_path):
+    metrics = train_tiny(tmp_path, folder_data, "trainer.max_epochs=4", "optimizer.lr=0.02")
+    assert metrics["test/acc"] > 60  # three classes: chance is 33%
+
+
+def test_same_seed_same_numbers(folder_data, tmp_path):
+    extra = ("seed=3", "data.augment=flip_crop", "model=tutorial")
+    a = train_tiny(tmp_path, folder_data, *extra, run="a")
+    b = train_tiny(tmp_path, folder_data, *extra, run="b")
+    c = train_tiny(tmp_path, folder_data, "seed=4", "data.augment=flip_crop", run="c")
+    assert a["test/loss"] == b["test/loss"] and a["val/acc_best"] == b["val/acc_best"]
+    assert a["test/loss"] != c["test/loss"]
+
+
+def test_eval_reproduces_the_test_accuracy_train_printed(folder_data, tmp_path):
+    metrics = train_tiny(tmp_path, folder_data)
+    overrides = [
+        f"ckpt_path={metrics['best_checkpoint']}",
+        *[o for o in tiny_overrides(tmp_path, folder_data) if o.startswith(("data.", "threads"))],
+        "trainer.accelerator=cpu",
+    ]
+    result = evaluate(compose_config("eval", overrides, tmp_path / "eval"))
+    assert result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert result["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+    assert result["test/acc_per_class"] == pytest.approx(metrics["test/acc_per_class"])
+
+
+def test_resume_from_last_checkpoint_continues_training(folder_data, tmp_path):
+    first = train_tiny(tmp_path, folder_data, "trainer.max_epochs=1", "scheduler=none", run="first")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = train_tiny(
+        tmp_path,
+        folder_data,
+        "trainer.max_epochs=2",
+        "scheduler=none",
+        f"ckpt_path={last}",
+        run="resumed",
+    )
+    assert first["epochs"] == 1 and resumed["epochs"] == 2
+
+
+def test_cli_trains_and_prints_the_result_table(folder_data, tmp_path):
+    result = run_cli(
+        "src.train",
+        *tiny_overrides(tmp_path, folder_data),
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path / 'cli'}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("best val accuracy", "test accuracy", "parameters", "wall time", "run folder"):
+        assert row in result.stdout
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["status"] == "finished"
+    assert (tmp_path / "cli" / ".hydra" / "config.yaml").exists()
+    assert (tmp_path / "cli" / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr must be a positive number"),
+        ("trainer.max_epochs=0", "trainer.max_epochs must be a positive integer"),
+        ("data.batch_size=0", "data.batch_size must be a positive integer"),
+        ("model.c2=16 model.net.kernel_size=13", "conv2 (kernel 13"),
+    ],
+)
+def test_bad_values_fail_with_one_clear_line(override, message, folder_data, tmp_path):
+    result = run_cli(
+        "src.train",
+        *tiny_overrides(tmp_path, folder_data),
+        *override.split(),
+        f"hydra.run.dir={tmp_path / 'bad'}",
+    )
+    assert result.returncode == 2
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
