@@ -28,7 +28,8 @@ def print_results(metrics: dict) -> None:
     table = Table(title="result", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("best val accuracy", _percent(metrics.get("val/acc_best")))
+    if "val/acc_best" in metrics:
+        table.add_row("best val accuracy", _percent(metrics["val/acc_best"]))
     table.add_row("test accuracy", _percent(metrics.get("test/acc")), style="bold")
     for name, acc in metrics.get("test/acc_per_class", {}).items():
         table.add_row(f"  {name}", _percent(acc))

@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
         out_dir / "metrics.json",
         status="finished",
         checkpoint=str(cfg.ckpt_path),
-        **{"test/acc": test["test/acc"], "test/loss": test["test/loss"]},
+        **{"test/acc": round(test["test/acc"], 4), "test/loss": round(test["test/loss"], 4)},
         **{"test/acc_per_class": model.test_results["acc_per_class"]},
         params=count_parameters(model.net),
         wall_time_s=round(time.perf_counter() - started, 2),

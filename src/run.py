@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,4 +104,13 @@ def _find_user_error(err: BaseException | None) -> UserError | None:
     return None
 
 
+def quiet_library_noise() -> None:
+    """Drop messages that say nothing about the run: Lightning's cloud-service tips and a
+    deprecation warning raised inside Lightning itself (not fixable from our side)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "Tip:" not in record.getMessage())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 register_resolvers()
+quiet_library_noise()

@@ -103,8 +103,8 @@ def train(cfg: DictConfig) -> dict:
     metrics = {
         "status": "finished",
         "val/acc_best": round(val_acc_best, 4) if math.isfinite(val_acc_best) else None,
-        "test/acc": test["test/acc"],
-        "test/loss": test["test/loss"],
+        "test/acc": round(test["test/acc"], 4),
+        "test/loss": round(test["test/loss"], 4),
         "test/acc_per_class": model.test_results["acc_per_class"],
         "params": params,
         "epochs": trainer.current_epoch,

@@ -122,7 +122,9 @@ class Classifier(L.LightningModule):
 
     def _log_per_class(self, stage: str, confusion: Tensor) -> dict[str, float]:
         per_class = confusion.diag() / confusion.sum(1).clamp(min=1) * 100
-        values = {name: float(v) for name, v in zip(self.class_names, per_class, strict=True)}
+        values = {
+            name: round(float(v), 4) for name, v in zip(self.class_names, per_class, strict=True)
+        }
         for name, value in values.items():
             self.log(f"{stage}/acc_class/{name}", value)
         return values
