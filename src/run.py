@@ -65,6 +65,13 @@ def write_json(path: Path, data: dict) -> None:
         raise
 
 
+def is_main_process() -> bool:
+    """False in the extra processes of a multi-device (DDP) run, which must not write files."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
 class RunRecord:
     """The run's metrics.json, rewritten (atomically) every time something is known."""
 
@@ -75,7 +82,8 @@ class RunRecord:
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
-        write_json(self.path, self.data)
+        if is_main_process():
+            write_json(self.path, self.data)
 
 
 def cli(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

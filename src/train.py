@@ -21,7 +21,7 @@ from src.data import CIFAR10DataModule
 from src.errors import ConfigError
 from src.models import Classifier
 from src.models.convnet import count_parameters, layer_summary
-from src.run import RunRecord, cli, set_threads
+from src.run import RunRecord, cli, is_main_process, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def train(cfg: DictConfig) -> dict:
     )
     try:
         check_config(cfg)
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if is_main_process():
+            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         threads = set_threads(cfg.threads)
         dm: CIFAR10DataModule = instantiate(cfg.data)
@@ -79,7 +80,8 @@ def train(cfg: DictConfig) -> dict:
         if cfg.compile:
             model.net.compile()
         params = count_parameters(model.net)
-        print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
+        if is_main_process():
+            print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
         trainer = build_trainer(cfg)
         log.info(
             "training %s (%d parameters) on %s, %d CPU threads; run folder %s",
@@ -112,7 +114,8 @@ def train(cfg: DictConfig) -> dict:
         "best_checkpoint": best,
     }
     record.update(**metrics)
-    print_results(record.data)
+    if is_main_process():
+        print_results(record.data)
     return record.data
 
 

@@ -71,6 +71,7 @@ class Classifier(L.LightningModule):
             loss,
             on_step=False,
             on_epoch=True,
+            sync_dist=True,  # reduced once at epoch end, not every step
             batch_size=len(labels),
             prog_bar=stage != "train",
         )
@@ -94,7 +95,7 @@ class Classifier(L.LightningModule):
     # Accuracies are computed at epoch end rather than logged as metric objects, so they are
     # logged in percent, and per class, in one place.
     def on_train_epoch_end(self) -> None:
-        self.log("train/acc", self.train_acc.compute() * 100)
+        self.log("train/acc", self.train_acc.compute() * 100, sync_dist=True)
         self.train_acc.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -107,8 +108,8 @@ class Classifier(L.LightningModule):
         if acc > self.val_acc_best:
             self.val_acc_best.fill_(acc)
             self.val_confusion_best = confusion.cpu()
-        self.log("val/acc", acc, prog_bar=True)
-        self.log("val/acc_best", self.val_acc_best, prog_bar=True)
+        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+        self.log("val/acc_best", self.val_acc_best, prog_bar=True, sync_dist=True)
         self._log_per_class("val", confusion)
 
     def on_test_epoch_end(self) -> None:
@@ -116,7 +117,7 @@ class Classifier(L.LightningModule):
         confusion = self.test_confusion.compute()
         self.test_acc.reset()
         self.test_confusion.reset()
-        self.log("test/acc", acc)
+        self.log("test/acc", acc, sync_dist=True)
         per_class = self._log_per_class("test", confusion)
         self.test_results = {"acc_per_class": per_class, "confusion": confusion.cpu()}
 
@@ -126,7 +127,7 @@ class Classifier(L.LightningModule):
             name: round(float(v), 4) for name, v in zip(self.class_names, per_class, strict=True)
         }
         for name, value in values.items():
-            self.log(f"{stage}/acc_class/{name}", value)
+            self.log(f"{stage}/acc_class/{name}", value, sync_dist=True)
         return values
 
     def configure_optimizers(self):
