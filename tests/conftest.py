@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_COPY = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["cat", "dog", "ship"]
+# CIFAR-10's classes in label order (which is also alphabetical order).
+OFFICIAL_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 
 def synthetic_images(n: int, label: int, rng: np.random.Generator) -> np.ndarray:
@@ -53,22 +55,9 @@ def make_folder_tree(root: Path, n_train: int = 40, n_test: int = 10, classes=CL
 
 def make_official_batches(root: Path, n_per_batch: int = 30) -> Path:
     """Fake files in the official python format (cifar-10-batches-py), 10 classes."""
-
     rng = np.random.default_rng(0)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    names = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
 
     def batch(n: int) -> dict:
         labels = rng.integers(0, 10, n)
@@ -79,7 +68,7 @@ def make_official_batches(root: Path, n_per_batch: int = 30) -> Path:
         with open(folder / name, "wb") as file:
             pickle.dump(batch(n_per_batch), file)
     with open(folder / "batches.meta", "wb") as file:
-        pickle.dump({"label_names": names}, file)
+        pickle.dump({"label_names": OFFICIAL_CLASSES}, file)
     return folder
 
 

@@ -7,26 +7,13 @@ import pytest
 
 from src.data import CIFAR10DataModule
 from src.train import train
-from tests.conftest import compose_config
-
-OFFICIAL_ORDER = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
+from tests.conftest import OFFICIAL_CLASSES, compose_config
 
 
 def test_real_copy_decodes_to_the_cifar10_layout(real_data):
     dm = CIFAR10DataModule(source="folder", root=str(real_data))
     dm.setup("fit")
-    assert dm.classes == OFFICIAL_ORDER
+    assert dm.classes == OFFICIAL_CLASSES
     assert dm.data.train_images.shape == (50000, 32, 32, 3)
     assert dm.data.test_images.shape == (5000, 32, 32, 3)
     assert np.bincount(dm.data.test_labels).tolist() == [500] * 10
