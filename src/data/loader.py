@@ -1,0 +1,62 @@
+"""Batches indexed straight from in-memory tensors: no per-sample Python, no worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class EpochShuffle:
+    """Index order for one epoch: a permutation seeded by (seed, epoch), sharded across ranks.
+
+    Lightning calls `set_epoch` on a loader's `sampler` at each epoch start (also after a
+    resume), so a resumed run sees the same order as an uninterrupted one.
+    """
+
+    def __init__(self, indices: Tensor, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+        self.indices, self.shuffle, self.seed = indices, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> Tensor:
+        indices = self.indices
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        # Every rank gets the same number of indices, or DDP ranks would wait on each other.
+        per_rank = len(indices) // self.world_size
+        return indices[self.rank : per_rank * self.world_size : self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.indices) // self.world_size
+
+
+class TensorBatchLoader:
+    """Yields (images uint8 N x 3 x H x W, labels int64) batches from whole-split tensors.
+
+    `images` is N x H x W x 3 (as cached); batches come out channels-first as views of that
+    layout, and stay on whatever device `images` lives on.
+    """
+
+    # Lightning inspects `sampler` (calling its set_epoch) and `batch_sampler` of any loader.
+    batch_sampler = None
+
+    def __init__(self, images: Tensor, labels: Tensor, sampler: EpochShuffle, batch_size: int,
+                 drop_last: bool = False):
+        self.images, self.labels, self.sampler = images, labels, sampler
+        self.batch_size, self.drop_last = batch_size, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.sampler.order().to(self.images.device)
+        for batch in range(len(self)):
+            idx = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield self.images[idx].permute(0, 3, 1, 2), self.labels[idx]
