@@ -11,7 +11,6 @@ seed 004 set 11.5 ms per batch of 100. The code below is a gather and a single w
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -61,19 +60,24 @@ def random_affine(
     # affine_grid wants the output->input map: the inverse of zoom * rotate(angle) @ shear_x,
     # which is shear(-shear_x) @ rotate(-angle) / zoom.
     cos, sin = torch.cos(angle), torch.sin(angle)
-    inverse = torch.stack(
-        [
-            torch.stack([cos - shear_x * sin, sin + shear_x * cos], -1),
-            torch.stack([-sin, cos], -1),
-        ],
-        -2,
-    ) / zoom[:, None, None]
+    inverse = (
+        torch.stack(
+            [
+                torch.stack([cos - shear_x * sin, sin + shear_x * cos], -1),
+                torch.stack([-sin, cos], -1),
+            ],
+            -2,
+        )
+        / zoom[:, None, None]
+    )
     theta = torch.cat([inverse, torch.zeros(n, 2, 1, device=x.device)], dim=2)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def color_jitter(x: Tensor, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2):
+def color_jitter(
+    x: Tensor, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2
+):
     """torchvision's ColorJitter factors per image, applied in a fixed order (it shuffles them)."""
     n, device = x.shape[0], x.device
     gray_weights = torch.tensor([0.299, 0.587, 0.114], device=device, dtype=x.dtype)
@@ -85,7 +89,9 @@ def color_jitter(x: Tensor, brightness: float = 0.2, contrast: float = 0.2, satu
         return (other + (images - other) * factor[:, None, None, None]).clamp_(0, 1)
 
     x = (x * _uniform(n, 1 - brightness, 1 + brightness, device)[:, None, None, None]).clamp(0, 1)
-    x = blend(x, gray(x).mean((2, 3), keepdim=True), _uniform(n, 1 - contrast, 1 + contrast, device))
+    x = blend(
+        x, gray(x).mean((2, 3), keepdim=True), _uniform(n, 1 - contrast, 1 + contrast, device)
+    )
     return blend(x, gray(x), _uniform(n, 1 - saturation, 1 + saturation, device))
 
 
@@ -108,5 +114,7 @@ PRESETS: dict[str, Augment | None] = {
 
 def get_augment(name: str) -> Augment | None:
     if name not in PRESETS:
-        raise ConfigError(f"unknown augmentation {name!r}: choose data.augment from {list(PRESETS)}")
+        raise ConfigError(
+            f"unknown augmentation {name!r}: choose data.augment from {list(PRESETS)}"
+        )
     return PRESETS[name]

@@ -83,7 +83,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.source, self.download, self.download_timeout_s = source, download, download_timeout_s
         self.root = Path(os.path.expanduser(root or default_root())).resolve()
         self.cache_dir = Path(os.path.expanduser(cache_dir or default_cache_dir()))
-        self.batch_size, self.eval_batch_size, self.drop_last = batch_size, eval_batch_size, drop_last
+        self.batch_size, self.eval_batch_size, self.drop_last = (
+            batch_size,
+            eval_batch_size,
+            drop_last,
+        )
         self.val_size, self.val_from, self.split_seed = val_size, val_from, split_seed
         self.normalize, self.on_device = normalize, on_device
         self.data: CachedData | None = None
@@ -94,12 +98,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Decode the source into the cache on first use; later calls map the cached arrays."""
         if self.source == "folder":
             check_folder(self.root)
-            description = {"source": "folder", "root": str(self.root),
-                           "files": folder_fingerprint(self.root)}
+            description = {
+                "source": "folder",
+                "root": str(self.root),
+                "files": folder_fingerprint(self.root),
+            }
             return load_or_build(self.cache_dir, description, lambda: read_folder(self.root))
         description = {"source": "torchvision", "root": str(self.root)}
         return load_or_build(
-            self.cache_dir, description,
+            self.cache_dir,
+            description,
             lambda: read_official(self.root, self.download, self.download_timeout_s),
         )
 
@@ -144,11 +152,16 @@ class CIFAR10DataModule(L.LightningDataModule):
     # -- loaders -----------------------------------------------------------------------------
 
     def _loader(self, images: Tensor, labels: Tensor, indices: Tensor, train: bool):
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = EpochShuffle(indices, shuffle=train, seed=self.split_seed, rank=rank,
-                               world_size=world)
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
+        sampler = EpochShuffle(
+            indices, shuffle=train, seed=self.split_seed, rank=rank, world_size=world
+        )
         batch_size = self.batch_size if train else self.eval_batch_size
-        return TensorBatchLoader(images, labels, sampler, batch_size, drop_last=train and self.drop_last)
+        return TensorBatchLoader(
+            images, labels, sampler, batch_size, drop_last=train and self.drop_last
+        )
 
     def train_dataloader(self):
         return self._loader(self.train_images, self.train_labels, self.train_idx, train=True)

@@ -15,7 +15,9 @@ class EpochShuffle:
     resume), so a resumed run sees the same order as an uninterrupted one.
     """
 
-    def __init__(self, indices: Tensor, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, indices: Tensor, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.indices, self.shuffle, self.seed = indices, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -46,8 +48,14 @@ class TensorBatchLoader:
     # Lightning inspects `sampler` (calling its set_epoch) and `batch_sampler` of any loader.
     batch_sampler = None
 
-    def __init__(self, images: Tensor, labels: Tensor, sampler: EpochShuffle, batch_size: int,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        sampler: EpochShuffle,
+        batch_size: int,
+        drop_last: bool = False,
+    ):
         self.images, self.labels, self.sampler = images, labels, sampler
         self.batch_size, self.drop_last = batch_size, drop_last
 

@@ -1,4 +1,4 @@
-"""Read CIFAR-10 from its sources into uint8 arrays: torchvision's official files or an image folder.
+"""Read CIFAR-10 into uint8 arrays: torchvision's official files or an image folder.
 
 Both readers return a `Decoded` with images N x 32 x 32 x 3 (uint8, RGB), int64 labels and the
 class names in label order. Decoding happens once; `src.data.cache` stores the result.
@@ -105,7 +105,10 @@ def read_folder(root: Path) -> Decoded:
         if n_resized:
             log.warning(
                 "%d of %d %s images in %s were not 32x32 and were resized",
-                n_resized, len(images), split, root,
+                n_resized,
+                len(images),
+                split,
+                root,
             )
         arrays[split] = (np.stack(images), np.asarray(labels, dtype=np.int64))
     return Decoded(*arrays["train"], *arrays["test"], classes)
