@@ -115,22 +115,25 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.load()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.data is not None:
-            return
+        if self.data is None:
+            self._load_splits()
+        # Entry points call setup() before a Trainer exists, and Lightning calls it again once
+        # the device is known: that second call moves the data set onto the GPU.
+        if self.on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            if device.type != "cpu" and self.train_images.device != device:
+                for name in ("train_images", "train_labels", "test_images", "test_labels"):
+                    setattr(self, name, getattr(self, name).to(device))
+
+    def _load_splits(self) -> None:
         self.data = self.load()
         self.classes = list(self.data.classes)
         self.mean, self.std = NORMALIZATIONS.get(self.normalize, (self.data.mean, self.data.std))
-        train_images = torch.from_numpy(self.data.train_images)
-        train_labels = torch.from_numpy(self.data.train_labels)
+        self.train_images = torch.from_numpy(self.data.train_images)
+        self.train_labels = torch.from_numpy(self.data.train_labels)
         self.test_images = torch.from_numpy(self.data.test_images)
         self.test_labels = torch.from_numpy(self.data.test_labels)
-        self.train_idx, self.val_idx = self._split(len(train_labels))
-        self.train_images, self.train_labels = train_images, train_labels
-        if self.on_device and self.trainer is not None:
-            device = self.trainer.strategy.root_device
-            if device.type != "cpu":  # on the CPU the mapped pages are already "on device"
-                for name in ("train_images", "train_labels", "test_images", "test_labels"):
-                    setattr(self, name, getattr(self, name).to(device))
+        self.train_idx, self.val_idx = self._split(len(self.train_labels))
 
     def _split(self, n_train: int) -> tuple[Tensor, Tensor]:
         if self.val_from == "test":
