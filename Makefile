@@ -14,7 +14,7 @@ DATA_ARGS ?= data.source=folder data.root=$(LOCAL_DATA)
 DATA_DEP := $(LOCAL_DATA)/.unpacked
 endif
 
-.PHONY: install train test test-all lint format tensorboard data clean distclean
+.PHONY: install train test test-all lint format tensorboard report data clean distclean
 
 install: $(VENV)/.installed
 
@@ -48,8 +48,17 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The most recently changed run or sweep folder (a sweep shows every job), or LOGDIR=<folder>.
 tensorboard: install
-	$(VENV)/bin/tensorboard --logdir "$$(ls -dt outputs/runs/*/* outputs/sweeps/*/* 2>/dev/null | head -n 1)"
+	@logdir="$(LOGDIR)"; \
+	[ -n "$$logdir" ] || logdir="$$(ls -dt outputs/runs/*/* outputs/sweeps/*/* 2>/dev/null | head -n 1)"; \
+	if [ -z "$$logdir" ]; then echo "no run or sweep in outputs/: train first, or pass LOGDIR=<folder>" >&2; exit 2; fi; \
+	echo "TensorBoard on $$logdir"; \
+	$(VENV)/bin/tensorboard --logdir "$$logdir" $(TB_ARGS)
+
+# Tables and plots of a sweep (default: the latest one), or SWEEP=<folder>.
+report: install
+	$(PY) -m src.report $(SWEEP)
 
 clean:
 	find outputs -mindepth 1 -not -name .gitkeep -delete

@@ -5,11 +5,14 @@ python -m src.eval ckpt_path=outputs/runs/.../checkpoints/best.ckpt [data.root=.
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -17,10 +20,42 @@ from omegaconf import DictConfig, OmegaConf
 from src.checkpoint import load_classifier
 from src.console import print_results
 from src.errors import DataError
+from src.models import Classifier
 from src.models.convnet import count_parameters
+from src.plots import confusion_figure, prediction_grid_figure, save_png
 from src.run import RunRecord, cli, set_threads
 
 log = logging.getLogger(__name__)
+
+GRID_IMAGES = 32
+
+
+def save_confusion_tables(
+    out_dir: Path, confusion: torch.Tensor, class_names: Sequence[str]
+) -> None:
+    """per_class.csv (class, correct, total, accuracy in percent) and confusion.csv/.png."""
+    counts = confusion.long().tolist()
+    with open(out_dir / "per_class.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["class", "correct", "total", "accuracy"])
+        for i, name in enumerate(class_names):
+            correct, total = counts[i][i], sum(counts[i])
+            writer.writerow([name, correct, total, f"{correct / max(total, 1) * 100:.2f}"])
+    with open(out_dir / "confusion.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["true/predicted", *class_names])
+        writer.writerows([name, *row] for name, row in zip(class_names, counts, strict=True))
+    save_png(confusion_figure(confusion.numpy(), class_names, "test"), out_dir / "confusion.png")
+
+
+@torch.inference_mode()
+def save_prediction_grid(out_dir: Path, model: Classifier, images: torch.Tensor, labels) -> None:
+    """predictions.png: uint8 N x H x W x 3 test images titled "predicted (true)"."""
+    preds = model(images.permute(0, 3, 1, 2).float().div(255)).argmax(1)
+    figure = prediction_grid_figure(
+        images.numpy(), model.class_names, preds.tolist(), labels.tolist()
+    )
+    save_png(figure, out_dir / "predictions.png")
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -49,7 +84,15 @@ def evaluate(cfg: DictConfig) -> dict:
         wall_time_s=round(time.perf_counter() - started, 2),
         run_dir=str(out_dir),
     )
+    save_confusion_tables(out_dir, model.test_results["confusion"], model.class_names)
+    n = GRID_IMAGES
+    save_prediction_grid(out_dir, model.cpu(), dm.test_images[:n].cpu(), dm.test_labels[:n].cpu())
     print_results(record.data)
+    log.info(
+        "per-class table, confusion matrix and prediction grid: %s/{per_class.csv,confusion.csv,"
+        "confusion.png,predictions.png}",
+        out_dir,
+    )
     return record.data
 
 
