@@ -14,7 +14,7 @@ DATA_ARGS ?= data.source=folder data.root=$(LOCAL_DATA)
 DATA_DEP := $(LOCAL_DATA)/.unpacked
 endif
 
-.PHONY: install train test test-all lint format tensorboard report data clean distclean
+.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean
 
 install: $(VENV)/.installed
 
@@ -59,6 +59,10 @@ tensorboard: install
 # Tables and plots of a sweep (default: the latest one), or SWEEP=<folder>.
 report: install
 	$(PY) -m src.report $(SWEEP)
+
+# The README's pictures (docs/*.png) from a short real-data sweep (see docs/make_pictures.sh).
+docs-pictures: install $(DATA_DEP)
+	PY=$(PY) DATA_ARGS="$(DATA_ARGS)" bash docs/make_pictures.sh
 
 clean:
 	find outputs -mindepth 1 -not -name .gitkeep -delete

@@ -1,7 +1,7 @@
 """A run's TensorBoard dashboards beyond loss and accuracy: speed, pictures and HParams.
 
 Lightning callbacks, enabled in conf/callbacks/default.yaml. They write through the run's
-TensorBoardLogger (on the main process only) and do nothing in a run without one (logger=null).
+TensorBoardLogger (on the main process only) and do nothing in a run without one (`~logger`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -40,7 +39,7 @@ from torchvision.utils import make_grid
 
 from src.models.convnet import count_parameters
 from src.overrides import parse_overrides
-from src.plots import confusion_figure, figure_pixels, prediction_grid_figure
+from src.plots import confusion_figure, figure_pixels, prediction_grid_figure, spread
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +52,6 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def to_pixels(images: Tensor) -> np.ndarray:
-    """Float N x 3 x H x W in [0, 1] -> uint8 N x H x W x 3."""
-    images = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
 class EpochSpeed(L.Callback):
@@ -90,8 +83,8 @@ class ImageDashboards(L.Callback):
     - `train_augmented`: the run's first training batch as the network gets it, after
       augmentation. Batches hold raw pixels in [0, 1] (the input normalisation is the model's
       first step), so these are the de-normalised images.
-    - `test_predictions`: the first `n_images` test images titled "predicted (true)", green when
-      right and red when wrong (the same images in every run, so runs compare).
+    - `test_predictions`: `n_images` test images spread evenly over the test set, titled
+      "predicted (true)", green when right and red when wrong (the same images in every run).
     - `confusion_val_best`: the validation confusion matrix of the best epoch, after fitting.
     - `confusion_test`: the test confusion matrix.
     """
@@ -113,25 +106,25 @@ class ImageDashboards(L.Callback):
         if confusion is not None:
             self._add_confusion(trainer, pl_module, "confusion_val_best", confusion, "validation")
 
-    def on_test_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        writer = tensorboard_writer(trainer)
-        if batch_idx != 0 or dataloader_idx != 0 or writer is None:
-            return
-        images, labels = batch[0][: self.n_images], batch[1][: self.n_images]
-        preds = pl_module(images).argmax(1)
-        figure = prediction_grid_figure(
-            to_pixels(images), pl_module.class_names, preds.tolist(), labels.tolist()
-        )
-        writer.add_image(
-            "images/test_predictions", figure_pixels(figure), trainer.global_step, dataformats="HWC"
-        )
-
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         confusion = getattr(pl_module, "test_results", {}).get("confusion")
         if confusion is not None:
             self._add_confusion(trainer, pl_module, "confusion_test", confusion, "test")
+        writer = tensorboard_writer(trainer)
+        data = trainer.datamodule
+        if writer is None or not hasattr(data, "test_images"):
+            return
+        pick = spread(len(data.test_labels), self.n_images)
+        images, labels = data.test_images[pick], data.test_labels[pick]  # uint8 N x H x W x 3
+        with torch.inference_mode():
+            inputs = images.to(pl_module.device).permute(0, 3, 1, 2).float().div(255)
+            preds = pl_module(inputs).argmax(1)
+        figure = prediction_grid_figure(
+            images.cpu().numpy(), pl_module.class_names, preds.tolist(), labels.tolist()
+        )
+        writer.add_image(
+            "images/test_predictions", figure_pixels(figure), trainer.global_step, dataformats="HWC"
+        )
 
     @staticmethod
     def _add_confusion(trainer, pl_module, tag: str, confusion: Tensor, title: str) -> None:

@@ -22,7 +22,7 @@ from src.console import print_results
 from src.errors import DataError
 from src.models import Classifier
 from src.models.convnet import count_parameters
-from src.plots import confusion_figure, prediction_grid_figure, save_png
+from src.plots import confusion_figure, prediction_grid_figure, save_png, spread
 from src.run import RunRecord, cli, set_threads
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def save_confusion_tables(
 
 @torch.inference_mode()
 def save_prediction_grid(out_dir: Path, model: Classifier, images: torch.Tensor, labels) -> None:
-    """predictions.png: uint8 N x H x W x 3 test images titled "predicted (true)"."""
+    """predictions.png: test images (uint8 N x H x W x 3) titled "predicted (true)"."""
     preds = model(images.permute(0, 3, 1, 2).float().div(255)).argmax(1)
     figure = prediction_grid_figure(
         images.numpy(), model.class_names, preds.tolist(), labels.tolist()
@@ -85,8 +85,10 @@ def evaluate(cfg: DictConfig) -> dict:
         run_dir=str(out_dir),
     )
     save_confusion_tables(out_dir, model.test_results["confusion"], model.class_names)
-    n = GRID_IMAGES
-    save_prediction_grid(out_dir, model.cpu(), dm.test_images[:n].cpu(), dm.test_labels[:n].cpu())
+    pick = spread(len(dm.test_labels), GRID_IMAGES)
+    save_prediction_grid(
+        out_dir, model.cpu(), dm.test_images[pick].cpu(), dm.test_labels[pick].cpu()
+    )
     print_results(record.data)
     log.info(
         "per-class table, confusion matrix and prediction grid: %s/{per_class.csv,confusion.csv,"

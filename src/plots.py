@@ -6,12 +6,13 @@ state: the same figure goes to TensorBoard (as pixels) or to a PNG file.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green, red
 
@@ -23,10 +24,16 @@ def save_png(figure: Figure, path: Path, dpi: int = 100) -> Path:
 
 
 def figure_pixels(figure: Figure) -> np.ndarray:
-    """The figure drawn as an H x W x 3 uint8 array (for TensorBoard's add_image)."""
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    """The figure as the PNG file would show it, as H x W x 3 uint8 (for TensorBoard)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    with Image.open(buffer) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def spread(total: int, n: int) -> list[int]:
+    """`n` indices spread evenly over range(total), so a sorted set shows every class."""
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int)).tolist()
 
 
 def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
