@@ -202,8 +202,8 @@ def markdown_report(
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     parts = [
         f"# Sweep report: {sweep}",
-        f"{len(jobs)} jobs: {summary}. Swept: {', '.join(keys) or 'nothing'}. "
-        "Accuracies in percent.",
+        f"{len(jobs)} {'job' if len(jobs) == 1 else 'jobs'}: {summary}. "
+        f"Swept: {', '.join(keys) or 'nothing'}. Accuracies in percent.",
         "## Jobs",
         markdown_table(
             ["job", *keys, "status", *(TITLES[m] for m in METRICS)],
