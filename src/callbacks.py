@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 
@@ -11,11 +13,31 @@ class EpochSeed(L.Callback):
 
     Augmentation and dropout draw from that generator; reseeding per epoch makes each epoch a
     function of the weights, the seed and the epoch number, so a run resumed from an epoch
-    checkpoint ends with exactly the numbers of an uninterrupted run.
+    checkpoint ends with exactly the numbers of an uninterrupted run. Checkpoints also carry
+    the generator's state, so a run resumed from a mid-epoch checkpoint does too.
     """
 
     def __init__(self, seed: int):
         self.seed = seed
+        self._resumed_rng: dict[str, Any] | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.manual_seed(self.seed * 1_000_003 + trainer.current_epoch + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()  # this process's device
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Applied when training starts: restoring happens before setup that may draw numbers.
+        self._resumed_rng = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed_rng is None:
+            return
+        torch.set_rng_state(self._resumed_rng["cpu"])
+        if "cuda" in self._resumed_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(self._resumed_rng["cuda"])
+        self._resumed_rng = None

@@ -1,14 +1,19 @@
 """User-facing errors: one type per kind of mistake, each message names the bad value and the fix.
 
 Entry points catch `UserError` and print its message as one line (no traceback) before exiting
-with status 2; anything else is a bug and keeps its traceback.
+with its `exit_status` (2, or 3 for a diverged run); anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """A mistake the user can fix: bad config, bad data, bad checkpoint."""
+
+    exit_status = 2
 
 
 class ConfigError(UserError):
@@ -25,3 +30,19 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, or belongs to another network."""
+
+
+class OutputError(UserError):
+    """A run folder, log or checkpoint that cannot be written (no permission, disk full)."""
+
+    @classmethod
+    def cannot_write(cls, path: object, err: OSError) -> OutputError:
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = "free some space or write elsewhere" if full else "write to a writable folder"
+        return cls(f"cannot write {path} ({err.strerror or err}): {fix} (hydra.run.dir=PATH)")
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite: the learning rate is too high for the run."""
+
+    exit_status = 3

@@ -23,7 +23,7 @@ from src.errors import DataError
 from src.models import Classifier
 from src.models.convnet import count_parameters
 from src.plots import confusion_figure, prediction_grid_figure, save_png, spread
-from src.run import RunRecord, cli, set_threads
+from src.run import RunRecord, cli, entry_point, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return record.data
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 @cli
 def main(cfg: DictConfig) -> None:

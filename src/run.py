@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import os
+import secrets
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
+from hydra.errors import (
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import UserError
+from src.errors import OutputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +58,39 @@ def set_threads(threads: int | None) -> int:
     return n
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: readers see the old file or the new one, never half of one."""
+@contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
+    """Write `path` through a file beside it that replaces it, flushed to disk, when the block
+    ends: readers see the old file or the new one, never half of one. On an error the old file
+    stays and the temporary one is removed; a kill can leave only a hidden `.<name>.*.tmp`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    # os.open rather than mkstemp: the file gets the usual permissions (mkstemp's are 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(data, file, indent=2)
-            file.write("\n")
+        with os.fdopen(fd, mode) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically (see atomic_write); OutputError when it cannot be written."""
+    try:
+        with atomic_write(path) as file:
+            file.write(text)
+    except OSError as err:
+        raise OutputError.cannot_write(path, err) from err
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (see write_text)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def is_main_process() -> bool:
@@ -83,11 +111,12 @@ class RunRecord:
     def update(self, **values: Any) -> None:
         self.data.update(values)
         if is_main_process():
-            write_json(self.path, self.data)
+            write_json(self.path, self.data)  # OutputError when the folder cannot be written
 
 
 def cli(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra task: a UserError becomes one line on stderr and exit status 2."""
+    """Wrap a Hydra task: a UserError becomes one line (also in the run's log) and its exit
+    status (2; 3 for a diverged run)."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
@@ -98,9 +127,68 @@ def cli(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
             if user_error is None:
                 raise
             log.error("%s", user_error)
-            sys.exit(2)
+            sys.exit(user_error.exit_status)
 
     return wrapper
+
+
+# Errors writing a run folder Hydra creates before the task starts (its own copy of the config,
+# the log): no permission, a file where a folder should be, a full disk or quota.
+UNWRITABLE = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+}
+
+
+def entry_point(main: Callable[[], Any]) -> Callable[[], Any]:
+    """Wrap a `@hydra.main` function: Hydra's own errors become one line and exit status 2.
+
+    Hydra reports an unknown config option (model=nope) or a bad override as a paragraph plus a
+    hint about HYDRA_FULL_ERROR, and exits with status 1; a run folder it cannot create ends in a
+    traceback. With HYDRA_FULL_ERROR set Hydra raises these instead, and they are reported here.
+    A user who sets HYDRA_FULL_ERROR=1 gets Hydra's full report, as documented.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return main(*args, **kwargs)
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return main(*args, **kwargs)
+        except (ConfigCompositionException, OverrideParseException) as err:
+            _exit_with(config_error_line(err))
+        except OSError as err:
+            if err.errno not in UNWRITABLE:
+                raise
+            _exit_with(str(OutputError.cannot_write(err.filename or "the run folder", err)))
+        finally:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+    return wrapper
+
+
+def config_error_line(err: Exception) -> str:
+    """Hydra's config error as one line; an unknown option lists the valid ones."""
+    if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or ""):
+        group, name = err.missing_cfg_file.rsplit("/", 1)
+        choices = f"choose one of {', '.join(err.options)}" if err.options else "there are none"
+        return f"unknown {group} '{name}': {choices} (the files in conf/{group}/)"
+    text = str(err).split("Config search path")[0]
+    if err.__cause__ is not None and "\n" not in str(err.__cause__).strip():
+        text += f" ({err.__cause__})"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _exit_with(line: str) -> None:
+    print(f"[ERROR] {line}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _find_user_error(err: BaseException | None) -> UserError | None:

@@ -21,7 +21,13 @@ from src.data import CIFAR10DataModule
 from src.errors import ConfigError
 from src.models import Classifier
 from src.models.convnet import count_parameters, layer_summary
-from src.run import RunRecord, cli, is_main_process, set_threads
+from src.recovery import (
+    check_resumable,
+    interrupted_exit_status,
+    record_failure,
+    resume_checkpoint,
+)
+from src.run import RunRecord, cli, entry_point, is_main_process, set_threads, write_text
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ def build_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    had_run = (out_dir / "metrics.json").exists()  # before this run's record replaces it
     record = RunRecord(
         out_dir / "metrics.json",
         status="running",
@@ -69,14 +76,20 @@ def train(cfg: DictConfig) -> dict:
     )
     try:
         check_config(cfg)
+        ckpt_path = cfg.get("ckpt_path")
+        if cfg.get("resume"):
+            ckpt_path = resume_checkpoint(out_dir, had_run, ckpt_path)
         if is_main_process():
-            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         threads = set_threads(cfg.threads)
         dm: CIFAR10DataModule = instantiate(cfg.data)
         dm.prepare_data()
         dm.setup("fit")
         model = build_model(cfg, dm)
+        if ckpt_path:
+            check_resumable(ckpt_path, model)
+            record.update(resumed_from=ckpt_path)
         if cfg.compile:
             model.net.compile()
         params = count_parameters(model.net)
@@ -91,16 +104,14 @@ def train(cfg: DictConfig) -> dict:
             threads,
             out_dir,
         )
-        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
         val_acc_best = float(model.val_acc_best)  # read before testing loads the best weights
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test = trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
     except BaseException as err:
-        record.update(
-            status="failed",
-            error=f"{type(err).__name__}: {err}",
-            wall_time_s=round(time.perf_counter() - started, 2),
-        )
+        record_failure(record, err, cfg, time.perf_counter() - started)
+        if (status := interrupted_exit_status(err)) is not None:
+            raise SystemExit(status) from None
         raise
     metrics = {
         "status": "finished",
@@ -119,6 +130,7 @@ def train(cfg: DictConfig) -> dict:
     return record.data
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @cli
 def main(cfg: DictConfig) -> float | None:

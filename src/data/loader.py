@@ -43,6 +43,10 @@ class TensorBatchLoader:
 
     `images` is N x H x W x 3 (as cached); batches come out channels-first as views of that
     layout, and stay on whatever device `images` lives on.
+
+    The loader is resumable the way Lightning expects (`state_dict` / `load_state_dict`):
+    Lightning stores its position in every checkpoint, and a run resumed from a mid-epoch
+    checkpoint continues the epoch's order at the next unseen batch.
     """
 
     # Lightning inspects `sampler` (calling its set_epoch) and `batch_sampler` of any loader.
@@ -58,13 +62,25 @@ class TensorBatchLoader:
     ):
         self.images, self.labels, self.sampler = images, labels, sampler
         self.batch_size, self.drop_last = batch_size, drop_last
+        self.batches_yielded = 0  # in the current epoch
+        self._resume_at = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_yielded": self.batches_yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self._resume_at = state["batches_yielded"]
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # The order is drawn at the first batch, after Lightning's set_epoch for this epoch.
         order = self.sampler.order().to(self.images.device)
-        for batch in range(len(self)):
+        start, self._resume_at = self._resume_at, 0
+        for batch in range(start, len(self)):
             idx = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            self.batches_yielded = batch + 1
             yield self.images[idx].permute(0, 3, 1, 2), self.labels[idx]

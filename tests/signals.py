@@ -1,0 +1,34 @@
+"""A callback that signals its own process at a chosen point, for the kill-and-resume tests.
+
+Loaded into a real `python -m src.train` through an override
+(`+callbacks.signal._target_=tests.signals.SignalAt ...`): the process then dies (SIGKILL) or is
+asked to stop (SIGTERM) at exactly that training step, as it would by an outside kill there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+
+
+class SignalAt(L.Callback):
+    """Send `signal_name` to this process after training step `step` (or after the first
+    validation batch that follows it, with `during_validation`)."""
+
+    def __init__(self, step: int, signal_name: str = "SIGKILL", during_validation: bool = False):
+        self.step, self.signum = step, getattr(signal, signal_name)
+        self.during_validation = during_validation
+
+    def _fire(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.during_validation:
+            self._fire(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        if self.during_validation and batch_idx == 0:
+            self._fire(trainer)
