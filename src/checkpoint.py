@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from src.errors import CheckpointError
+from src.errors import CheckpointError, first_line
 from src.models import Classifier
 
 
@@ -24,8 +24,8 @@ def load_classifier(path: str | Path, net_config: dict | None = None) -> Classif
         state = checkpoint["state_dict"]
     except Exception as err:  # pickle, zip and key errors all mean "not a usable checkpoint"
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {err}): it is corrupt or not a "
-            "cifar10-lab checkpoint"
+            f"cannot read checkpoint {path} ({type(err).__name__}: {first_line(err)}): it is "
+            "corrupt or not a cifar10-lab checkpoint"
         ) from err
     config = net_config or hparams["net_config"]
     net = instantiate(config, num_classes=len(hparams["class_names"]))

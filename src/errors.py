@@ -10,6 +10,12 @@ from __future__ import annotations
 import errno
 
 
+def first_line(err: BaseException) -> str:
+    """A library's error message cut to its first line, to quote inside our one-line errors."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class UserError(Exception):
     """A mistake the user can fix: bad config, bad data, bad checkpoint."""
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import time
@@ -24,7 +25,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from src.errors import CheckpointError, ConfigError, OutputError, TrainingDiverged, UserError
+from src.errors import (
+    CheckpointError,
+    ConfigError,
+    OutputError,
+    TrainingDiverged,
+    UserError,
+    first_line,
+)
 from src.run import RunRecord, atomic_write
 
 log = logging.getLogger(__name__)
@@ -53,8 +61,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
                 stale.unlink(missing_ok=True)
+            # Serialised in memory first: torch's zip writer turns a failed write (a full disk)
+            # into an obscure RuntimeError, where a plain write raises the OSError it is.
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
             with atomic_write(path, "wb") as file:
-                torch.save(checkpoint, file)
+                file.write(buffer.getbuffer())
         except OSError as err:
             raise OutputError.cannot_write(path, err) from err
 
@@ -210,8 +222,8 @@ def check_resumable(path: str, model: L.LightningModule) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as err:  # pickle, zip and key errors all mean "not a usable checkpoint"
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {err}): it is corrupt or not "
-            "a cifar10-lab training checkpoint"
+            f"cannot read checkpoint {path} ({type(err).__name__}: {first_line(err)}): it is "
+            "corrupt or not a cifar10-lab training checkpoint"
         ) from err
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}

@@ -124,14 +124,17 @@ def compose_config(name: str, overrides: list[str], run_dir: Path) -> DictConfig
     return cfg
 
 
-def run_cli(module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 300):
-    """Run an entry point as a user would; returns the CompletedProcess (never raises)."""
+def run_cli(module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 300, **popen):
+    """Run an entry point as a user would; returns the CompletedProcess (never raises).
+
+    `popen` goes to subprocess.run (e.g. preexec_fn to limit the process)."""
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
+        **popen,
     )
 
 

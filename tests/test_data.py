@@ -12,6 +12,7 @@ import torch
 
 from src.data import CIFAR10DataModule
 from src.data.augment import PRESETS, get_augment
+from src.data.loader import EpochShuffle, TensorBatchLoader
 from src.errors import ConfigError, DataError
 
 
@@ -130,6 +131,26 @@ def test_loader_yields_every_training_image_once_per_epoch(folder_data, tmp_path
     assert len(seen) == 108
     loader.sampler.set_epoch(1)
     assert not torch.equal(loader.sampler.order(), dm.train_dataloader().sampler.order())
+
+
+def test_loader_resumes_at_the_next_batch_of_the_epoch():
+    """What Lightning stores in a mid-epoch checkpoint and gives back on resume."""
+    images, labels = torch.zeros(20, 2, 2, 3, dtype=torch.uint8), torch.arange(20)
+
+    def loader(epoch: int) -> TensorBatchLoader:
+        sampler = EpochShuffle(torch.arange(20), shuffle=True, seed=1)
+        sampler.set_epoch(epoch)
+        return TensorBatchLoader(images, labels, sampler, batch_size=3)
+
+    expected = [labels for _, labels in loader(2)]
+    interrupted = iter(first := loader(2))
+    seen = [next(interrupted)[1] for _ in range(3)]
+    resumed = loader(0)
+    resumed.load_state_dict(first.state_dict())
+    rest = [labels for _, labels in resumed]
+    assert len(rest) == 4 and torch.equal(torch.cat(seen + rest), torch.cat(expected))
+    resumed.sampler.set_epoch(3)
+    assert len(list(resumed)) == 7, "the next epoch starts at its first batch"
 
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
