@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -253,7 +254,8 @@ def interrupted_exit_status(err: BaseException) -> int | None:
     """
     if isinstance(err, SIGTERMException):
         return EXIT_SIGTERM
-    if isinstance(err, KeyboardInterrupt):
+    # Lightning turns Ctrl-C inside fit into SystemExit(1); outside fit it is KeyboardInterrupt.
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):
         return EXIT_SIGINT
     return None
 
@@ -268,11 +270,10 @@ def record_failure(record: RunRecord, err: BaseException, cfg: DictConfig, wall_
     if status == "interrupted":
         run_dir = HydraConfig.get().runtime.output_dir
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-        values["error"] = (
-            "interrupted by SIGTERM" if isinstance(err, SIGTERMException) else ("interrupted")
-        )
-        values["resume_command"] = " ".join(
-            ["python -m src.train", *overrides, "resume=true", f"hydra.run.dir={run_dir}"]
+        by = "SIGTERM" if isinstance(err, SIGTERMException) else "Ctrl-C"
+        values["error"] = f"interrupted by {by}"
+        values["resume_command"] = "python -m src.train " + shlex.join(
+            [*overrides, "resume=true", f"hydra.run.dir={run_dir}"]
         )
         log.warning("%s; to continue: %s", values["error"], values["resume_command"])
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -94,6 +96,25 @@ def test_two_processes_preparing_at_once_share_one_intact_cache(folder_data, tmp
     entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
     assert len(entries) == 1, f"one cache entry, no temporary leftovers: {entries}"
     assert np.load(Path(paths[0]) / "train_images.npy").shape == (120, 32, 32, 3)
+
+
+def test_full_disk_while_caching_is_a_data_error_and_leaves_nothing(folder_data, tmp_path):
+    real_save = np.save
+
+    def save_then_fill_the_disk(path, array):
+        real_save(path, array[:1])  # part of the data got out, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with (
+        mock.patch("src.data.cache.np.save", save_then_fill_the_disk),
+        pytest.raises(
+            DataError, match=r"cannot write the data cache .* \(No space left on device\)"
+        ),
+    ):
+        datamodule(folder_data, tmp_path)
+    left = [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
+    assert left == [], "no half-written cache entry or temporary folder"
+    assert datamodule(folder_data, tmp_path).data.train_images.shape == (120, 32, 32, 3)
 
 
 def test_splits_are_disjoint_repeatable_and_never_touch_test(folder_data, tmp_path):

@@ -117,6 +117,20 @@ def test_sigterm_saves_a_checkpoint_and_resumes_to_the_same_result(resume_setup,
     assert_same_result(tmp_path / "run", reference)
 
 
+def test_ctrl_c_records_an_interrupted_run(resume_setup, tmp_path):
+    overrides, _ = resume_setup
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after the first
+    try:
+        with pytest.raises(SystemExit) as stop:
+            train(compose_config("train", [*overrides, signal_at(5, "SIGINT")], tmp_path))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert stop.value.code == 128 + signal.SIGINT
+    record = metrics(tmp_path)
+    assert record["status"] == "interrupted" and record["error"] == "interrupted by Ctrl-C"
+    assert record["resume_command"].endswith(f"resume=true hydra.run.dir={tmp_path}")
+
+
 def test_resume_needs_a_run_folder(folder_data, tmp_path):
     cfg = compose_config("train", [*tiny_overrides(tmp_path, folder_data), "resume=true"], tmp_path)
     with pytest.raises(ConfigError, match="hydra.run.dir=<run folder>"):
