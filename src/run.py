@@ -152,14 +152,16 @@ def entry_point(main: Callable[[], Any]) -> Callable[[], Any]:
     Hydra reports an unknown config option (model=nope) or a bad override as a paragraph plus a
     hint about HYDRA_FULL_ERROR, and exits with status 1; a run folder it cannot create ends in a
     traceback. With HYDRA_FULL_ERROR set Hydra raises these instead, and they are reported here.
-    A user who sets HYDRA_FULL_ERROR=1 gets Hydra's full report, as documented.
+    A user who sets HYDRA_FULL_ERROR=1 gets Hydra's full report, as documented; a job process
+    started during the run inherits the variable with a marker saying it was set here.
     """
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        set_here = "CIFAR10_LAB_SET_HYDRA_FULL_ERROR"
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" and set_here not in os.environ:
             return main(*args, **kwargs)
-        os.environ["HYDRA_FULL_ERROR"] = "1"
+        os.environ.update({"HYDRA_FULL_ERROR": "1", set_here: "1"})
         try:
             return main(*args, **kwargs)
         except (ConfigCompositionException, OverrideParseException) as err:
@@ -170,6 +172,7 @@ def entry_point(main: Callable[[], Any]) -> Callable[[], Any]:
             _exit_with(str(OutputError.cannot_write(err.filename or "the run folder", err)))
         finally:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+            os.environ.pop(set_here, None)
 
     return wrapper
 
