@@ -32,7 +32,7 @@ from src.data.sources import load_image
 from src.errors import ConfigError, DataError
 from src.models import Classifier
 from src.plots import prediction_grid_figure, save_png
-from src.run import cli, set_threads
+from src.run import cli, entry_point, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,7 @@ def predict(cfg: DictConfig) -> dict:
     }
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 @cli
 def main(cfg: DictConfig) -> None:
