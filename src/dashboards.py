@@ -61,6 +61,10 @@ class EpochSpeed(L.Callback):
     and optimizer step), summed over every process.
     """
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed mid-epoch gets no on_train_epoch_start: count from the resume.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = self.train_ended = time.perf_counter()
         self.images = 0
