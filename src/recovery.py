@@ -34,7 +34,7 @@ from src.errors import (
     UserError,
     first_line,
 )
-from src.run import RunRecord, atomic_write
+from src.run import RunRecord, atomic_write, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,9 @@ def interrupted_exit_status(err: BaseException) -> int | None:
 def record_failure(record: RunRecord, err: BaseException, cfg: DictConfig, wall_s: float) -> None:
     """Say in metrics.json how a run ended (failed, diverged, interrupted) and how to go on."""
     status = failure_status(err)
-    error = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+    # Hydra's instantiate wraps errors raised in constructors: record the user's mistake itself.
+    user_error = find_user_error(err)
+    error = str(user_error) if user_error else f"{type(err).__name__}: {err}"
     values: dict[str, Any] = {"status": status, "error": error}
     if status == "diverged":
         values["lr"] = cfg.optimizer.lr

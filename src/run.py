@@ -123,7 +123,7 @@ def cli(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
         try:
             return task(cfg)
         except Exception as err:
-            user_error = _find_user_error(err)
+            user_error = find_user_error(err)
             if user_error is None:
                 raise
             log.error("%s", user_error)
@@ -194,7 +194,7 @@ def _exit_with(line: str) -> None:
     sys.exit(2)
 
 
-def _find_user_error(err: BaseException | None) -> UserError | None:
+def find_user_error(err: BaseException | None) -> UserError | None:
     """The UserError behind `err`: Hydra's instantiate wraps exceptions raised in constructors."""
     while err is not None:
         if isinstance(err, UserError):
