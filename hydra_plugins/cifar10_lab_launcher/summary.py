@@ -1,0 +1,83 @@
+"""The sweep summary (summary.json in the sweep folder) and the jobs' own metrics.json.
+
+The summary is rewritten atomically whenever a job starts or ends, so a sweep stopped halfway
+keeps the record of every job that finished. Each job's metrics.json is written by the job
+itself (src/train.py); the launcher only reads it, except to mark a job whose process died
+without saying so (killed, out of memory) as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FINISHED = "finished"
+# A process that dies without a word leaves its metrics.json saying this.
+RUNNING = "running"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as file:
+            json.dump(data, file, indent=2, default=str)
+            file.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a summary is for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metrics(job_dir: Path) -> dict[str, Any]:
+    """The job's metrics.json, or {} when it has none (or a damaged one)."""
+    try:
+        data = json.loads((job_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def mark_dead(job_dir: Path, error: str) -> None:
+    """A job that died without recording its end (SIGKILL, OOM killer) is failed, not running."""
+    metrics = read_metrics(job_dir)
+    if metrics.get("status") == RUNNING:
+        write_json(job_dir / "metrics.json", {**metrics, "status": "failed", "error": error})
+
+
+class Summary:
+    """summary.json: the sweep's jobs by folder name, merged with what earlier launches left."""
+
+    def __init__(self, sweep_dir: Path, swept: list[str]):
+        self.path = sweep_dir / "summary.json"
+        old = {}
+        if self.path.exists():
+            try:
+                old = json.loads(self.path.read_text())
+            except ValueError:
+                old = {}
+        self.data: dict[str, Any] = {
+            "sweep_dir": str(sweep_dir),
+            "swept": swept,
+            "jobs": old.get("jobs", {}),
+        }
+
+    def update(self, name: str, **fields: Any) -> None:
+        job = self.data["jobs"].setdefault(name, {})
+        job.update(fields)
+        self.save()
+
+    def save(self) -> None:
+        jobs = self.data["jobs"].values()
+        counts: dict[str, int] = {}
+        for job in jobs:
+            counts[job.get("status", "?")] = counts.get(job.get("status", "?"), 0) + 1
+        self.data["counts"] = counts
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(self.path, self.data)
