@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.console import print_layer_summary, print_results
 from src.data import CIFAR10DataModule
+from src.distributed import check_ddp_launch
 from src.errors import ConfigError
 from src.models import Classifier
 from src.models.convnet import count_parameters, layer_summary
@@ -96,6 +97,7 @@ def train(cfg: DictConfig) -> dict:
         if is_main_process():
             print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
         trainer = build_trainer(cfg)
+        check_ddp_launch(trainer)
         log.info(
             "training %s (%d parameters) on %s, %d CPU threads; run folder %s",
             cfg.model.name,

@@ -137,7 +137,9 @@ class ParallelLauncher(Launcher):
             self._record(job, status="failed", error=job.result["error"], return_value=None)
             log.error("failed   %s: cannot start: %s", job.name, job.result["error"])
             return False
-        self._record(job, status="running", error=None, return_value=None)
+        self._record(
+            job, status="running", error=None, return_value=None, started=job.started, ended=None
+        )
         log.info("started  %s  (%s, pid %d)", job.name, slot.label, job.process.pid)
         return True
 
@@ -217,6 +219,9 @@ class ParallelLauncher(Launcher):
             return_value=job.result.get("return_value") if ok else None,
             exit_code=code,
             pid=job.result.get("pid", job.process.pid),
+            # What the job process itself saw, to check against `device`.
+            visible_devices=job.result.get("device"),
+            ended=time.time(),
             wall_time_s=round(time.time() - job.started, 2),
         )
         job.result.update(ok=ok, status=status, error=error)
@@ -331,10 +336,15 @@ class ParallelLauncher(Launcher):
                     running.remove(job)
                     self._collect(job)
                     free.append(job.slot)
-        except KeyboardInterrupt:
-            log.warning("interrupted: stopping %d running jobs", len(running))
+        except KeyboardInterrupt as err:
+            log.warning("%s: stopping %d running jobs", err or "Ctrl-C", len(running))
             self._stop(running)
-            raise
+            log.warning(
+                "sweep stopped; finished jobs are kept. To run the rest: the same command with "
+                "hydra.sweep.dir=%s",
+                sweep_dir,
+            )
+            raise SystemExit(130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
         failed = [job for job in jobs if not job.result.get("ok")]

@@ -1,0 +1,167 @@
+"""Sweeps end to end on tiny data: the parallel launcher, failures, relaunch, Optuna, DDP, SLURM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import read_write
+
+from src.distributed import check_ddp_launch
+from src.errors import ConfigError
+from tests.conftest import ROOT, compose_config, run_cli, tiny_overrides
+
+
+def sweep_args(tmp_path: Path, data: Path, *extra: str, folder: str = "sweep") -> list[str]:
+    return [
+        "-m",
+        *tiny_overrides(tmp_path, data),
+        "trainer.max_epochs=1",
+        *extra,
+        f"hydra.sweep.dir={tmp_path / folder}",
+    ]
+
+
+def summary(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "summary.json").read_text())
+
+
+def most_at_once(jobs: list[dict]) -> int:
+    return max(sum(j["started"] <= job["started"] < j["ended"] for j in jobs) for job in jobs)
+
+
+def test_four_jobs_on_two_fake_gpus_run_two_at_a_time(folder_data, tmp_path):
+    args = sweep_args(tmp_path, folder_data, "model.c1=2,4", "seed=1,2",
+                      "hydra.launcher.devices=[7,9]")
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = summary(tmp_path / "sweep")["jobs"]
+    assert sorted(jobs) == ["c1=2,seed=1", "c1=2,seed=2", "c1=4,seed=1", "c1=4,seed=2"]
+    for name, job in jobs.items():
+        run = tmp_path / "sweep" / name
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert job["status"] == metrics["status"] == "finished"
+        # The job's own process saw exactly the GPU it was given, and returned its metric.
+        assert job["visible_devices"] == job["device"] and job["device"] in {"7", "9"}
+        assert job["return_value"] == metrics["val/acc_best"] is not None
+        assert (run / "checkpoints" / "best.ckpt").exists() and (run / "config.yaml").exists()
+        assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len({job["pid"] for job in jobs.values()} | {os.getpid()}) == 5
+    assert most_at_once(list(jobs.values())) == 2
+    for device in ("7", "9"):  # one job at a time on each device
+        assert most_at_once([j for j in jobs.values() if j["device"] == device]) == 1
+
+
+def test_a_failing_job_is_recorded_and_the_others_finish(folder_data, tmp_path):
+    args = sweep_args(tmp_path, folder_data, "model=convnet", "model.kernel_size=7",
+                      "model.depth=2,6", "model.width=4")
+    result = run_cli("src.train", *args)
+    assert result.returncode == 1
+    assert "1 of 2 sweep jobs did not finish (depth=6)" in result.stderr
+    assert "GeometryError: conv6" in result.stderr
+    jobs = summary(tmp_path / "sweep")["jobs"]
+    assert jobs["depth=2"]["status"] == "finished" and jobs["depth=2"]["return_value"] is not None
+    assert jobs["depth=6"]["status"] == "failed"
+    assert jobs["depth=6"]["error"].startswith("GeometryError: conv6 (kernel 7")
+    failed = json.loads((tmp_path / "sweep" / "depth=6" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "conv6" in failed["error"]
+
+
+def test_an_interrupted_sweep_relaunched_runs_only_what_did_not_finish(folder_data, tmp_path):
+    args = sweep_args(tmp_path, folder_data, "model.c1=2,3,4", "hydra.launcher.cpu_jobs=1")
+    sweep_dir = tmp_path / "sweep"
+    launcher = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # Ctrl-C once the first job finished and the second runs
+        jobs = summary(sweep_dir)["jobs"] if (sweep_dir / "summary.json").exists() else {}
+        if jobs.get("c1=3", {}).get("status") == "running":
+            break
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGINT)
+    output = launcher.communicate(timeout=120)[0]
+    assert launcher.returncode == 130, output[-3000:]
+    assert "hydra.sweep.dir=" in output
+    jobs = summary(sweep_dir)["jobs"]
+    assert [jobs[n]["status"] for n in ("c1=2", "c1=3", "c1=4")] == [
+        "finished", "interrupted", "pending"]
+    with pytest.raises(ProcessLookupError):  # Ctrl-C stopped the job's process
+        os.kill(jobs["c1=3"]["pid"], 0)
+    first = sweep_dir / "c1=2" / "metrics.json"
+    before = (first.stat().st_mtime_ns, jobs["c1=2"]["pid"])
+
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = summary(sweep_dir)["jobs"]
+    assert {n: j["status"] for n, j in jobs.items()} == dict.fromkeys(jobs, "finished")
+    assert jobs["c1=2"]["skipped"] and (first.stat().st_mtime_ns, jobs["c1=2"]["pid"]) == before
+    assert not jobs["c1=3"].get("skipped") and not jobs["c1=4"].get("skipped")
+
+
+def test_optuna_trials_run_through_the_parallel_launcher(folder_data, tmp_path):
+    # padding=same: every depth and kernel size of the search space has a valid geometry.
+    args = sweep_args(tmp_path, folder_data, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                      "hydra.sweeper.n_jobs=2", "model.padding=same")
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = summary(tmp_path / "sweep")["jobs"]
+    assert len(jobs) == 2 and all(j["status"] == "finished" for j in jobs.values())
+    assert most_at_once(list(jobs.values())) == 2
+    assert all(name.startswith("lr=") and ",kernel_size=" in name for name in jobs)
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(j["return_value"] for j in jobs.values())
+    assert set(best["best_params"]) == {"optimizer.lr", "model.width", "model.depth",
+                                        "model.kernel_size"}
+
+
+def test_slurm_configs_compose(tmp_path):
+    cfg = compose_config("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                         tmp_path / "run")
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (1, 1)
+    assert cfg.hydra.launcher.partition == "gpu"
+    cfg = compose_config("train", ["hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.devices=4"],
+                         tmp_path / "run")
+    assert cfg.trainer.strategy == "ddp"
+    # One SLURM task per GPU: Lightning takes its ranks from SLURM and relaunches nothing.
+    assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (4, 4)
+    assert cfg.hydra.launcher.nodes == 1
+
+
+@pytest.mark.parametrize("launcher", ["basic", "parallel"])
+def test_ddp_under_a_multirun_only_with_a_launcher_that_isolates_jobs(launcher, tmp_path):
+    cfg = compose_config("train", ["trainer=ddp", "trainer.accelerator=cpu",
+                                   f"hydra/launcher={launcher}"], tmp_path / "run")
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    if launcher == "basic":
+        with pytest.raises(ConfigError, match="re-run the whole sweep"):
+            check_ddp_launch(trainer)
+    else:
+        check_ddp_launch(trainer)
+
+
+@pytest.mark.slow
+def test_a_ddp_job_in_a_sweep_runs_its_ranks_without_rerunning_the_sweep(folder_data, tmp_path):
+    args = sweep_args(tmp_path, folder_data, "trainer=ddp", "trainer.devices=2", "seed=5")
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = summary(tmp_path / "sweep")["jobs"]
+    # One job (nothing swept: named by its number), its two ranks in one folder, no second sweep.
+    assert list(jobs) == ["job0"] and jobs["job0"]["status"] == "finished"
+    console = (tmp_path / "sweep" / "job0" / "console.log").read_text()
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in console
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [
+        "job0", "multirun.yaml", "summary.json"]
