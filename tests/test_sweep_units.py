@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from hydra_plugins.cifar10_lab_launcher.naming import job_name, swept_keys, values
 from hydra_plugins.cifar10_lab_launcher.slots import compact, plan_slots, resolve_devices
 from src.errors import ConfigError, GeometryError
 from src.models.scaling import conv_widths, pool_plan
-from tests.conftest import compose_config
+from tests.conftest import CONF, compose_config
 
 
 def test_gpu_slots_pack_jobs_per_device_and_split_the_cores():
-    slots = plan_slots(["0", "1"], jobs_per_device=2, devices_per_job=1, cpu_jobs=None,
-                       n_jobs=10, cores=range(8))
+    slots = plan_slots(
+        ["0", "1"], jobs_per_device=2, devices_per_job=1, cpu_jobs=None, n_jobs=10, cores=range(8)
+    )
     assert [s.devices for s in slots] == [("0",), ("0",), ("1",), ("1",)]
     assert [s.cores for s in slots] == [(0, 1), (2, 3), (4, 5), (6, 7)]
 
@@ -61,8 +65,14 @@ def test_job_names_hold_only_the_swept_values():
 def test_every_depth_and_kernel_fits_with_same_padding(depth, kernel):
     pools = pool_plan(depth, kernel, "same")
     net = instantiate(
-        {"_target_": "src.models.ConvNet", "channels": conv_widths(8, depth, 2, 64),
-         "kernel_size": kernel, "padding": "same", "pool": pools, "hidden": [16]}
+        {
+            "_target_": "src.models.ConvNet",
+            "channels": conv_widths(8, depth, 2, 64),
+            "kernel_size": kernel,
+            "padding": "same",
+            "pool": pools,
+            "hidden": [16],
+        }
     )
     assert net.out_size >= 1 and sum(pools) == min(depth, 5)
 
@@ -75,8 +85,9 @@ def test_auto_pools_reproduce_the_seed_geometries():
 
 
 def test_impossible_points_fail_with_the_layer_named(tmp_path):
-    cfg = compose_config("train", ["model=convnet", "model.depth=6", "model.kernel_size=7"],
-                         tmp_path / "run")
+    cfg = compose_config(
+        "train", ["model=convnet", "model.depth=6", "model.kernel_size=7"], tmp_path / "run"
+    )
     with pytest.raises(Exception) as info:
         instantiate(cfg.model.net)
     root = info.value
@@ -90,6 +101,62 @@ def test_impossible_points_fail_with_the_layer_named(tmp_path):
 def test_widths_grow_and_cap(tmp_path: Path):
     assert conv_widths(32, 4, 2, 128) == [32, 64, 128, 128]
     assert conv_widths(16, 3, 1, None) == [16, 16, 16]
-    cfg = compose_config("train", ["model=convnet", "model.width=[8,16]", "model.depth=2"],
-                         tmp_path / "run")
+    cfg = compose_config(
+        "train", ["model=convnet", "model.width=[8,16]", "model.depth=2"], tmp_path / "run"
+    )
     assert list(instantiate(cfg.model.net).features[0].weight.shape[:1]) == [8]
+
+
+def sweep_grid(sweep: str, tmp_path: Path) -> list[list[str]]:
+    """Every job's overrides of conf/sweep/<sweep>.yaml, expanded as the basic sweeper does."""
+    cfg = compose_config("train", [f"sweep={sweep}"], tmp_path / "grid")
+    parser = OverridesParser.create()
+    axes = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        for o in parser.parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+    ]
+    return [[f"sweep={sweep}", *job] for job in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "jobs"),
+    [
+        ("seed000_width", 8),
+        ("seed000_depth", 3),
+        ("seed001_runs", 4),
+        ("width", 5),
+        ("hidden", 5),
+        ("depth", 4),
+        ("kernel", 4),
+        ("lr", 7),
+    ],
+)
+def test_every_point_of_every_study_sweep_builds(sweep, jobs, tmp_path):
+    if sweep.startswith("seed") and not (CONF / "experiment" / "seed000_width.yaml").exists():
+        pytest.skip("the seed experiments (conf/experiment/seed*.yaml) are not here yet")
+    grid = sweep_grid(sweep, tmp_path)
+    assert len(grid) == jobs
+    nets = set()
+    for overrides in grid:
+        cfg = compose_config("train", overrides, tmp_path / "run")
+        net = instantiate(cfg.model.net, num_classes=10)  # raises on an invalid geometry
+        resolved = OmegaConf.to_container(cfg.model.net, resolve=True)
+        nets.add((cfg.model.name, str(resolved), cfg.optimizer.lr, cfg.trainer.max_epochs))
+        assert sum(p.numel() for p in net.parameters()) > 0
+    assert len(nets) == jobs  # every job trains something different
+
+
+def test_study_sweeps_reproduce_the_seed_grids(tmp_path):
+    if not (CONF / "experiment" / "seed000_width.yaml").exists():
+        pytest.skip("the seed experiments (conf/experiment/seed*.yaml) are not here yet")
+    widths = [
+        compose_config("train", job, tmp_path / "r").model.net.channels[0]
+        for job in sweep_grid("seed000_width", tmp_path)
+    ]
+    assert widths == list(range(30, 171, 20))
+    depth = [
+        compose_config("train", job, tmp_path / "r")
+        for job in sweep_grid("seed000_depth", tmp_path)
+    ]
+    assert [len(c.model.net.channels) for c in depth] == [2, 3, 4]
+    assert depth[0].model.net.channels[0] == 90  # the width sweep's best, grown deeper

@@ -41,8 +41,9 @@ def most_at_once(jobs: list[dict]) -> int:
 
 
 def test_four_jobs_on_two_fake_gpus_run_two_at_a_time(folder_data, tmp_path):
-    args = sweep_args(tmp_path, folder_data, "model.c1=2,4", "seed=1,2",
-                      "hydra.launcher.devices=[7,9]")
+    args = sweep_args(
+        tmp_path, folder_data, "model.c1=2,4", "seed=1,2", "hydra.launcher.devices=[7,9]"
+    )
     result = run_cli("src.train", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = summary(tmp_path / "sweep")["jobs"]
@@ -63,8 +64,14 @@ def test_four_jobs_on_two_fake_gpus_run_two_at_a_time(folder_data, tmp_path):
 
 
 def test_a_failing_job_is_recorded_and_the_others_finish(folder_data, tmp_path):
-    args = sweep_args(tmp_path, folder_data, "model=convnet", "model.kernel_size=7",
-                      "model.depth=2,6", "model.width=4")
+    args = sweep_args(
+        tmp_path,
+        folder_data,
+        "model=convnet",
+        "model.kernel_size=7",
+        "model.depth=2,6",
+        "model.width=4",
+    )
     result = run_cli("src.train", *args)
     assert result.returncode == 1
     assert "1 of 2 sweep jobs did not finish (depth=6)" in result.stderr
@@ -80,8 +87,13 @@ def test_a_failing_job_is_recorded_and_the_others_finish(folder_data, tmp_path):
 def test_an_interrupted_sweep_relaunched_runs_only_what_did_not_finish(folder_data, tmp_path):
     args = sweep_args(tmp_path, folder_data, "model.c1=2,3,4", "hydra.launcher.cpu_jobs=1")
     sweep_dir = tmp_path / "sweep"
-    launcher = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline:  # Ctrl-C once the first job finished and the second runs
         jobs = summary(sweep_dir)["jobs"] if (sweep_dir / "summary.json").exists() else {}
@@ -94,7 +106,10 @@ def test_an_interrupted_sweep_relaunched_runs_only_what_did_not_finish(folder_da
     assert "hydra.sweep.dir=" in output
     jobs = summary(sweep_dir)["jobs"]
     assert [jobs[n]["status"] for n in ("c1=2", "c1=3", "c1=4")] == [
-        "finished", "interrupted", "pending"]
+        "finished",
+        "interrupted",
+        "pending",
+    ]
     with pytest.raises(ProcessLookupError):  # Ctrl-C stopped the job's process
         os.kill(jobs["c1=3"]["pid"], 0)
     first = sweep_dir / "c1=2" / "metrics.json"
@@ -110,28 +125,44 @@ def test_an_interrupted_sweep_relaunched_runs_only_what_did_not_finish(folder_da
 
 def test_optuna_trials_run_through_the_parallel_launcher(folder_data, tmp_path):
     # padding=same: every depth and kernel size of the search space has a valid geometry.
-    args = sweep_args(tmp_path, folder_data, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                      "hydra.sweeper.n_jobs=2", "model.padding=same")
+    args = sweep_args(
+        tmp_path,
+        folder_data,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "model.padding=same",
+    )
     result = run_cli("src.train", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = summary(tmp_path / "sweep")["jobs"]
     assert len(jobs) == 2 and all(j["status"] == "finished" for j in jobs.values())
     assert most_at_once(list(jobs.values())) == 2
     assert all(name.startswith("lr=") and ",kernel_size=" in name for name in jobs)
-    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    results = tmp_path / "sweep" / "optimization_results.yaml"
+    best = yaml.safe_load(results.read_text())
     assert best["best_value"] == max(j["return_value"] for j in jobs.values())
-    assert set(best["best_params"]) == {"optimizer.lr", "model.width", "model.depth",
-                                        "model.kernel_size"}
+    params = {"optimizer.lr", "model.width", "model.depth", "model.kernel_size"}
+    assert set(best["best_params"]) == params
+
+    # Relaunched on its folder, the seeded sampler asks for the same trials: all reused.
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    again = summary(tmp_path / "sweep")["jobs"]
+    assert again.keys() == jobs.keys() and all(j.get("skipped") for j in again.values())
+    assert yaml.safe_load(results.read_text()) == best
 
 
 def test_slurm_configs_compose(tmp_path):
-    cfg = compose_config("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                         tmp_path / "run")
+    cfg = compose_config(
+        "train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path / "run"
+    )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (1, 1)
     assert cfg.hydra.launcher.partition == "gpu"
-    cfg = compose_config("train", ["hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.devices=4"],
-                         tmp_path / "run")
+    cfg = compose_config(
+        "train", ["hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.devices=4"], tmp_path / "run"
+    )
     assert cfg.trainer.strategy == "ddp"
     # One SLURM task per GPU: Lightning takes its ranks from SLURM and relaunches nothing.
     assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (4, 4)
@@ -140,8 +171,11 @@ def test_slurm_configs_compose(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["basic", "parallel"])
 def test_ddp_under_a_multirun_only_with_a_launcher_that_isolates_jobs(launcher, tmp_path):
-    cfg = compose_config("train", ["trainer=ddp", "trainer.accelerator=cpu",
-                                   f"hydra/launcher={launcher}"], tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        ["trainer=ddp", "trainer.accelerator=cpu", f"hydra/launcher={launcher}"],
+        tmp_path / "run",
+    )
     with read_write(cfg.hydra):
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
@@ -164,4 +198,7 @@ def test_a_ddp_job_in_a_sweep_runs_its_ranks_without_rerunning_the_sweep(folder_
     console = (tmp_path / "sweep" / "job0" / "console.log").read_text()
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in console
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [
-        "job0", "multirun.yaml", "summary.json"]
+        "job0",
+        "multirun.yaml",
+        "summary.json",
+    ]

@@ -27,7 +27,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from . import naming
 from .slots import Slot, plan_slots, resolve_devices, usable_cores
@@ -51,7 +51,6 @@ class Job:
     dir: Path
     params: dict[str, str]
     config: DictConfig | None = None
-    error: str | None = None  # set when the job cannot even be composed
     slot: Slot | None = None
     process: subprocess.Popen | None = None
     result_file: Path | None = None
@@ -72,9 +71,7 @@ class ParallelLauncher(Launcher):
         stop_timeout_s: float = 30.0,
     ) -> None:
         super().__init__()
-        self.devices = OmegaConf.to_object(devices) if isinstance(devices, DictConfig) else devices
-        if not isinstance(self.devices, (str, int, type(None))):
-            self.devices = list(self.devices)
+        self.devices = devices if isinstance(devices, (str, int, type(None))) else list(devices)
         self.jobs_per_device = int(jobs_per_device)
         # trainer.devices may be "auto" or a list; only a positive int asks for a GPU group.
         self.devices_per_job = devices_per_job if isinstance(devices_per_job, int) else 1
@@ -109,22 +106,20 @@ class ParallelLauncher(Launcher):
             if name in taken:  # the same values twice in one batch: keep both runs apart
                 name = f"{name}#{num}"
             taken.add(name)
-            job = Job(num, overrides, name, sweep_dir / name, params)
-            try:
-                config = self.hydra_context.config_loader.load_sweep_config(
-                    self.config, overrides
-                )
-                with open_dict(config):
-                    config.hydra.job.id = num
-                    config.hydra.job.num = num
-                    # Resolved here: the job process would resolve ${pid:} to its own id.
-                    config.hydra.sweep.dir = str(sweep_dir)
-                    config.hydra.sweep.subdir = name
-                job.config = config
-            except Exception as err:  # an unknown config name, a bad value: this job only
-                job.error = f"{type(err).__name__}: {err}"
-            jobs.append(job)
+            jobs.append(Job(num, overrides, name, sweep_dir / name, params))
         return jobs
+
+    def _compose(self, job: Job) -> DictConfig:
+        """The job's config, composed when it starts (a long sweep starts at once)."""
+        assert self.config is not None and self.hydra_context is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, job.overrides)
+        with open_dict(config):
+            config.hydra.job.id = job.num
+            config.hydra.job.num = job.num
+            # Resolved here: the job process would resolve ${pid:} to its own id.
+            config.hydra.sweep.dir = str(job.dir.parent)
+            config.hydra.sweep.subdir = job.name
+        return config
 
     # -- one job --------------------------------------------------------------------------------
 
@@ -144,7 +139,7 @@ class ParallelLauncher(Launcher):
         return True
 
     def _spawn(self, job: Job, slot: Slot) -> None:
-        assert job.config is not None
+        job.config = self._compose(job)
         job.dir.mkdir(parents=True, exist_ok=True)
         spool = job.dir.parent / ".launcher"
         spool.mkdir(exist_ok=True)
@@ -153,7 +148,8 @@ class ParallelLauncher(Launcher):
         import cloudpickle  # the task function is often defined in __main__: pickle it by value
 
         with open(job_file, "wb") as file:
-            pickle.dump({"sys_path": [p or os.getcwd() for p in sys.path], "cores": slot.cores}, file)
+            header = {"sys_path": [p or os.getcwd() for p in sys.path], "cores": slot.cores}
+            pickle.dump(header, file)
             cloudpickle.dump(
                 {
                     "task_function": self.task_function,
@@ -297,11 +293,7 @@ class ParallelLauncher(Launcher):
 
         todo: deque[Job] = deque()
         for job in jobs:
-            if job.error is not None:
-                job.result = {"ok": False, "status": "failed", "error": job.error}
-                self._record(job, status="failed", error=job.error, return_value=None)
-                log.error("failed   %s: %s", job.name, job.error)
-            elif not self._finished_before(job):
+            if not self._finished_before(job):
                 todo.append(job)
                 self._record(job, status="pending", error=None, return_value=None)
 

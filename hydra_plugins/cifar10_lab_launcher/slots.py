@@ -108,6 +108,5 @@ def plan_slots(
         placements = [()] * n
     placements = placements[: max(1, n_jobs)]
     shares = split(list(cores), len(placements))
-    return [
-        Slot(i, devices, share) for i, (devices, share) in enumerate(zip(placements, shares))
-    ]
+    pairs = zip(placements, shares, strict=True)
+    return [Slot(i, devices, share) for i, (devices, share) in enumerate(pairs)]
