@@ -31,7 +31,7 @@ from omegaconf import DictConfig, open_dict
 
 from . import naming
 from .slots import Slot, plan_slots, resolve_devices, usable_cores
-from .summary import FINISHED, Summary, mark_dead, read_metrics
+from .summary import FINISHED, RUNNING, Summary, mark_dead, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -188,26 +188,28 @@ class ParallelLauncher(Launcher):
             job.result = {}
         for spooled in (job.result_file, job.result_file.with_name(f"{job.name}.job.pkl")):
             spooled.unlink(missing_ok=True)
-        if code < 0:
+        if job.interrupted:
+            reason = "stopped by the launcher (Ctrl-C or SIGTERM)"
+        elif code < 0:
             signame = signal.Signals(-code).name
-            reason = "stopped by Ctrl-C" if job.interrupted else f"killed by {signame}"
-            if signame == "SIGKILL" and not job.interrupted:
-                reason += " (out of memory?)"
-            job.result.setdefault("error", reason)
-            mark_dead(job.dir, reason)
+            reason = f"killed by {signame}" + (" (out of memory?)" if signame == "SIGKILL" else "")
         elif not job.result:
-            job.result = {"error": f"exited with status {code} before reporting a result"}
-            mark_dead(job.dir, job.result["error"])
+            reason = f"exited with status {code} before reporting a result"
+        else:
+            reason = None
+        if reason:
+            mark_dead(job.dir, reason)  # only a metrics.json still saying "running" changes
         metrics = read_metrics(job.dir)
-        ok = job.result.get("ok", False) and code == 0
-        status = metrics.get("status", FINISHED if ok else "failed")
-        if ok and status != FINISHED:
-            ok = False  # e.g. "diverged": the task returned, but the run did not finish
-        if job.interrupted and not ok:
-            status = "interrupted"
-        elif not ok and status in (FINISHED, "running"):
-            status = "failed"
-        error = None if ok else (job.result.get("error") or metrics.get("error"))
+        recorded = metrics.get("status", FINISHED)
+        # A task can return normally from a run that did not finish (e.g. "diverged").
+        ok = bool(job.result.get("ok")) and code == 0 and recorded == FINISHED
+        if ok:
+            status, error = FINISHED, None
+        elif job.interrupted:
+            status, error = "interrupted", reason
+        else:
+            status = recorded if recorded not in (FINISHED, RUNNING) else "failed"
+            error = reason or job.result.get("error") or metrics.get("error")
         self._record(
             job,
             status=status,
