@@ -85,10 +85,10 @@ def test_a_failing_job_is_recorded_and_the_others_finish(folder_data, tmp_path):
 
 
 def test_an_interrupted_sweep_relaunched_runs_only_what_did_not_finish(folder_data, tmp_path):
-    args = sweep_args(tmp_path, folder_data, "model.c1=2,3,4", "hydra.launcher.cpu_jobs=1")
+    args = sweep_args(tmp_path, folder_data, "model.c1=2,3,4")
     sweep_dir = tmp_path / "sweep"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "src.train", *args],
+        [sys.executable, "-m", "src.train", *args, "hydra.launcher.cpu_jobs=1"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -115,7 +115,8 @@ def test_an_interrupted_sweep_relaunched_runs_only_what_did_not_finish(folder_da
     first = sweep_dir / "c1=2" / "metrics.json"
     before = (first.stat().st_mtime_ns, jobs["c1=2"]["pid"])
 
-    result = run_cli("src.train", *args)
+    # The same sweep, two jobs at a time now (launcher settings are not part of a sweep).
+    result = run_cli("src.train", *args, "hydra.launcher.cpu_jobs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = summary(sweep_dir)["jobs"]
     assert {n: j["status"] for n, j in jobs.items()} == dict.fromkeys(jobs, "finished")

@@ -133,7 +133,13 @@ class ParallelLauncher(Launcher):
             log.error("failed   %s: cannot start: %s", job.name, job.result["error"])
             return False
         self._record(
-            job, status="running", error=None, return_value=None, started=job.started, ended=None
+            job,
+            status="running",
+            error=None,
+            return_value=None,
+            pid=job.process.pid,
+            started=job.started,
+            ended=None,
         )
         log.info("started  %s  (%s, pid %d)", job.name, slot.label, job.process.pid)
         return True
