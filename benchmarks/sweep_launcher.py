@@ -1,17 +1,19 @@
 """Wall time of one 4-job sweep: the parallel launcher against the same jobs one at a time.
 
-    flock /tmp/cifar10-lab-cpu.lock python -m benchmarks.sweep_launcher \
+    flock /tmp/cifar10-lab-cpu.lock python -m benchmarks.sweep_launcher --repeat=2 \
         data.source=folder data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg
 
 Runs, in this one command and on this machine, the same sweep three ways: the parallel launcher
 with its default slots (one job per core, the cores split between them), the parallel launcher
 with one slot (one job at a time, every core, still a fresh process per job), and Hydra's basic
-launcher (one job at a time inside the launching process). Extra arguments are train overrides.
+launcher (one job at a time inside the launching process). `--repeat=N` first: N rounds, medians.
+Other arguments are train overrides.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,16 +51,21 @@ def run_sweep(extra: list[str], overrides: list[str], sweep_dir: Path) -> dict:
     return {"wall_s": round(wall, 1), "jobs": len(accs), "test_acc": accs}
 
 
-def main(overrides: list[str]) -> None:
-    results = {}
+def main(argv: list[str]) -> None:
+    repeats = int(argv.pop(0).split("=", 1)[1]) if argv and argv[0].startswith("--repeat=") else 1
+    results: dict[str, list[dict]] = {way: [] for way in WAYS}
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
-        for i, (way, extra) in enumerate(WAYS.items()):
-            results[way] = run_sweep(extra, overrides, Path(tmp) / str(i))
-            print(f"{way}: {results[way]['wall_s']} s", flush=True)
-    base = results["basic launcher (Hydra's), one job at a time"]["wall_s"]
-    print("\n| 4-job sweep | wall time | vs one at a time (basic) |\n|---|---|---|")
-    for way, r in results.items():
-        print(f"| {way} | {r['wall_s']:.1f} s | {base / r['wall_s']:.2f}x |")
+        # Rounds alternate the ways, so a busy spell on a shared machine hits all of them.
+        for round_ in range(repeats):
+            for i, (way, extra) in enumerate(WAYS.items()):
+                run = run_sweep(extra, argv, Path(tmp) / f"{round_}-{i}")
+                results[way].append(run)
+                print(f"round {round_ + 1}, {way}: {run['wall_s']} s", flush=True)
+    median = {way: statistics.median(r["wall_s"] for r in runs) for way, runs in results.items()}
+    base = median["basic launcher (Hydra's), one job at a time"]
+    print(f"\n| 4-job sweep | wall time (median of {repeats}) | speed-up |\n|---|---|---|")
+    for way, wall in median.items():
+        print(f"| {way} | {wall:.1f} s | {base / wall:.2f}x |")
     print(json.dumps(results, indent=2))
 
 
