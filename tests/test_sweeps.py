@@ -154,6 +154,24 @@ def test_optuna_trials_run_through_the_parallel_launcher(folder_data, tmp_path):
     assert yaml.safe_load(results.read_text()) == best
 
 
+def test_launcher_settings_that_leave_no_slot_fail_in_one_line(folder_data, tmp_path):
+    args = sweep_args(
+        tmp_path,
+        folder_data,
+        "seed=1,2",
+        "hydra.launcher.devices=[0]",
+        "hydra.launcher.devices_per_job=2",
+    )
+    result = run_cli("src.train", *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    # Hydra adds only its HYDRA_FULL_ERROR hint after the line.
+    assert result.stderr.strip().splitlines()[0] == (
+        "cannot start the sweep: each job wants 2 GPUs but only 1 are visible (0): lower "
+        "trainer.devices or hydra.launcher.devices_per_job"
+    )
+    assert len(result.stderr.strip().splitlines()) <= 3
+
+
 def test_slurm_configs_compose(tmp_path):
     cfg = compose_config(
         "train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path / "run"

@@ -40,7 +40,8 @@ POLL_S = 0.2
 
 
 class SweepJobFailed(CompactHydraException):
-    """A job of the sweep did not finish; Hydra prints this one line (the others ran on)."""
+    """A job of the sweep did not finish (the others ran on), or the sweep cannot start; Hydra
+    prints this one line, no traceback."""
 
 
 @dataclass
@@ -305,14 +306,17 @@ class ParallelLauncher(Launcher):
                 todo.append(job)
                 self._record(job, status="pending", error=None, return_value=None)
 
-        slots = plan_slots(
-            resolve_devices(self.devices),
-            self.jobs_per_device,
-            self.devices_per_job,
-            self.cpu_jobs,
-            len(todo),
-            usable_cores(),
-        )
+        try:
+            slots = plan_slots(
+                resolve_devices(self.devices),
+                self.jobs_per_device,
+                self.devices_per_job,
+                self.cpu_jobs,
+                len(todo),
+                usable_cores(),
+            )
+        except ValueError as err:  # settings that leave no slot to run on
+            raise SweepJobFailed(f"cannot start the sweep: {err}") from None
         if todo:
             log.info(
                 "launching %d jobs, %d at a time, into %s",
