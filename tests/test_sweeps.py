@@ -172,20 +172,54 @@ def test_launcher_settings_that_leave_no_slot_fail_in_one_line(folder_data, tmp_
     assert len(result.stderr.strip().splitlines()) <= 3
 
 
-def test_slurm_configs_compose(tmp_path):
+def sbatch_script(cfg, tmp_path: Path, monkeypatch) -> str:
+    """The sbatch file hydra-submitit-launcher would submit for this config (no SLURM needed:
+    a stand-in srun on PATH satisfies submitit's check; parameters mapped as the plugin does)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    (tmp_path / "bin").mkdir(parents=True)
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    del params["_target_"]
+    executor = submitit.AutoExecutor(
+        folder=params.pop("submitit_folder"),
+        cluster="slurm",
+        slurm_max_num_timeout=params.pop("max_num_timeout"),
+    )
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    return executor._executor._make_submission_file_text("python -m src.train", "uid")
+
+
+def test_slurm_configs_compose(tmp_path, monkeypatch):
     cfg = compose_config(
-        "train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path / "run"
+        "train",
+        ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}"],
+        tmp_path / "run",
     )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (1, 1)
-    assert cfg.hydra.launcher.partition == "gpu"
+    script = sbatch_script(cfg, tmp_path, monkeypatch)
+    for line in ("--gpus-per-node=1", "--ntasks-per-node=1", "--partition=gpu", "--time=240"):
+        assert f"#SBATCH {line}\n" in script
     cfg = compose_config(
-        "train", ["hydra/launcher=slurm_ddp", "trainer=ddp", "trainer.devices=4"], tmp_path / "run"
+        "train",
+        [
+            "hydra/launcher=slurm_ddp",
+            "trainer=ddp",
+            "trainer.devices=4",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        tmp_path / "run",
     )
     assert cfg.trainer.strategy == "ddp"
     # One SLURM task per GPU: Lightning takes its ranks from SLURM and relaunches nothing.
-    assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (4, 4)
-    assert cfg.hydra.launcher.nodes == 1
+    script = sbatch_script(cfg, tmp_path / "ddp", monkeypatch)
+    for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1"):
+        assert f"#SBATCH {line}\n" in script
 
 
 @pytest.mark.parametrize("launcher", ["basic", "parallel"])
