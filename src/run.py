@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import torch
 from hydra.errors import (
+    CompactHydraException,
     ConfigCompositionException,
     MissingConfigException,
     OverrideParseException,
@@ -171,6 +172,9 @@ def entry_point(main: Callable[[], Any]) -> Callable[[], Any]:
             return main(*args, **kwargs)
         except (ConfigCompositionException, OverrideParseException) as err:
             _exit_with(config_error_line(err))
+        except CompactHydraException as err:  # the sweep launcher: "2 of 8 jobs did not finish"
+            print(f"[ERROR] {err}", file=sys.stderr)
+            sys.exit(1)
         except OSError as err:
             if err.errno not in UNWRITABLE:
                 raise
