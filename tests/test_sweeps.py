@@ -124,6 +124,23 @@ def test_an_interrupted_sweep_relaunched_runs_only_what_did_not_finish(folder_da
     assert not jobs["c1=3"].get("skipped") and not jobs["c1=4"].get("skipped")
 
 
+def test_a_relaunch_continues_an_unfinished_job_from_its_checkpoint(folder_data, tmp_path):
+    args = sweep_args(tmp_path, folder_data, "model.c1=2,3", "scheduler=none")
+    assert run_cli("src.train", *args).returncode == 0
+    # As a job killed after its first epoch's checkpoint leaves it:
+    record = tmp_path / "sweep" / "c1=2" / "metrics.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "status": "failed"}))
+
+    longer = [a.replace("trainer.max_epochs=1", "trainer.max_epochs=2") for a in args]
+    result = run_cli("src.train", *longer)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resuming c1=2 from its last checkpoint" in result.stdout + result.stderr
+    resumed = json.loads(record.read_text())
+    assert resumed["status"] == "finished" and resumed["epochs"] == 2
+    assert resumed["resumed_from"].endswith("c1=2/checkpoints/last.ckpt")
+    assert summary(tmp_path / "sweep")["jobs"]["c1=3"]["skipped"]
+
+
 def test_optuna_trials_run_through_the_parallel_launcher(folder_data, tmp_path):
     # padding=same: every depth and kernel size of the search space has a valid geometry.
     args = sweep_args(

@@ -4,7 +4,8 @@ A slot is a GPU (or a group of GPUs for multi-GPU jobs), or a share of the CPU c
 no GPU. Each job process sees only its GPUs (CUDA_VISIBLE_DEVICES, set before it starts) and runs
 pinned to its cores; the next job starts as soon as a slot frees. A failed or killed job is
 recorded and the others run on; Ctrl-C stops every job. Jobs whose metrics.json already says
-"finished" (a relaunch of the same sweep on the same folder) are not run again.
+"finished" (a relaunch of the same sweep on the same folder) are not run again; unfinished ones
+that left a checkpoint continue from it.
 """
 
 # No `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules,
@@ -70,6 +71,7 @@ class ParallelLauncher(Launcher):
         skip_finished: bool = True,
         metric: str | None = None,
         stop_timeout_s: float = 30.0,
+        resume_key: str | None = None,
     ) -> None:
         super().__init__()
         self.devices = devices if isinstance(devices, (str, int, type(None))) else list(devices)
@@ -80,6 +82,7 @@ class ParallelLauncher(Launcher):
         self.skip_finished = skip_finished
         self.metric = metric
         self.stop_timeout_s = stop_timeout_s
+        self.resume_key = resume_key
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -120,7 +123,20 @@ class ParallelLauncher(Launcher):
             # Resolved here: the job process would resolve ${pid:} to its own id.
             config.hydra.sweep.dir = str(job.dir.parent)
             config.hydra.sweep.subdir = job.name
+            if self._resumable(job, config):
+                config[self.resume_key] = True
+                log.info("resuming %s from its last checkpoint", job.name)
         return config
+
+    def _resumable(self, job: Job, config: DictConfig) -> bool:
+        """An earlier launch left this job unfinished with a checkpoint: continue from it."""
+        return bool(
+            self.resume_key
+            and self.resume_key in config
+            and not config.get("ckpt_path")
+            and (job.dir / "checkpoints" / "last.ckpt").is_file()
+            and read_metrics(job.dir).get("status") not in (None, FINISHED)
+        )
 
     # -- one job --------------------------------------------------------------------------------
 
