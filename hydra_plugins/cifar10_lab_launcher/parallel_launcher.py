@@ -28,7 +28,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import naming
 from .slots import Slot, plan_slots, resolve_devices, usable_cores
@@ -87,6 +87,7 @@ class ParallelLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.summary: Summary | None = None
+        self.sweep_dir = Path()
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -98,19 +99,28 @@ class ParallelLauncher(Launcher):
     # -- planning -------------------------------------------------------------------------------
 
     def _plan(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[Job]:
-        assert self.config is not None and self.hydra_context is not None
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        assert self.config is not None
+        sweep_dir = self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         command_line = list(self.config.hydra.overrides.task)
+        # A hydra.sweep.subdir given on the command line names the folders; else the swept values.
+        own_subdir = any(
+            o.split("=", 1)[0].lstrip("+~") == "hydra.sweep.subdir"
+            for o in self.config.hydra.overrides.hydra
+        )
         jobs, taken = [], set()
         for num, overrides in enumerate(job_overrides, start=first):
             overrides = list(overrides)
             keys = naming.swept_keys(command_line, overrides)
             params = naming.values(overrides, keys)
+            job = Job(num, overrides, "", sweep_dir, params)
             name = naming.job_name(params, fallback=f"job{num}")
+            if own_subdir:
+                name = str(OmegaConf.select(self._compose(job), "hydra.sweep.subdir"))
             if name in taken:  # the same values twice in one batch: keep both runs apart
                 name = f"{name}#{num}"
             taken.add(name)
-            jobs.append(Job(num, overrides, name, sweep_dir / name, params))
+            job.name, job.dir = name, sweep_dir / name
+            jobs.append(job)
         return jobs
 
     def _compose(self, job: Job) -> DictConfig:
@@ -121,7 +131,9 @@ class ParallelLauncher(Launcher):
             config.hydra.job.id = job.num
             config.hydra.job.num = job.num
             # Resolved here: the job process would resolve ${pid:} to its own id.
-            config.hydra.sweep.dir = str(job.dir.parent)
+            config.hydra.sweep.dir = str(self.sweep_dir)
+            if not job.name:  # naming the job from its own hydra.sweep.subdir (see _plan)
+                return config
             config.hydra.sweep.subdir = job.name
             if self._resumable(job, config):
                 config[self.resume_key] = True
@@ -310,7 +322,7 @@ class ParallelLauncher(Launcher):
         assert self.config is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         jobs = self._plan(job_overrides, initial_job_idx)
-        sweep_dir = jobs[0].dir.parent if jobs else Path(str(self.config.hydra.sweep.dir))
+        sweep_dir = self.sweep_dir
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if self.summary is None:
             keys = naming.swept_keys(self.config.hydra.overrides.task, job_overrides[0])
