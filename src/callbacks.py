@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 
@@ -19,3 +21,16 @@ class EpochSeed(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.manual_seed(self.seed * 1_000_003 + trainer.current_epoch + 1)
+
+
+class EpochTimer(L.Callback):
+    """Log each training epoch's wall time (validation included) as `time/epoch_s`.
+
+    Reproduction estimates for runs not made yet are derived from these measured times.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("time/epoch_s", time.perf_counter() - self.started)
