@@ -113,7 +113,8 @@ def recipe(row: Row, overrides: list[str]) -> DictConfig:
                 "train", overrides=[f"experiment={row.experiment}", *row.overrides, *overrides]
             )
     except HydraException as err:
-        raise ConfigError(f"cannot compose {row.key} {' '.join(overrides)}: {err}") from err
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"cannot compose {row.key} {' '.join(overrides)}: {first}") from err
 
 
 def describe_data(cfg: DictConfig) -> str:
@@ -125,8 +126,8 @@ def describe_data(cfg: DictConfig) -> str:
     return f"{name}, {n_test:,} test images"
 
 
-def describe_hardware() -> str:
-    if torch.cuda.is_available():
+def describe_hardware(cfg: DictConfig) -> str:
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -137,7 +138,10 @@ def describe_hardware() -> str:
             if line.startswith("model name")
         ]
         cpu = names[0] if names else cpu
-    return f"{available_cores()}-core CPU ({cpu}), no GPU"
+    cores = available_cores()
+    if cfg.threads and cfg.threads < cores:
+        return f"{cfg.threads} of {cores} cores ({cpu}), no GPU"
+    return f"{cores}-core CPU ({cpu}), no GPU"
 
 
 def train_args(row: Row, seed: int, probe: bool) -> list[str]:
@@ -197,6 +201,7 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     if done.returncode != 0 or metrics.get("status") != "finished":
         raise RuntimeError(f"{row.key} seed {seed} failed (exit {done.returncode}); see {run_dir}")
+    cfg = recipe(row, overrides)
     record = {
         "row": row.key,
         "kind": "probe" if probe else "run",
@@ -205,8 +210,8 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
         "epochs": metrics["epochs"],
         "epoch_time_s": metrics["epoch_time_s"],
         "wall_time_s": metrics["wall_time_s"],
-        "data": describe_data(recipe(row, overrides)),
-        "hardware": describe_hardware(),
+        "data": describe_data(cfg),
+        "hardware": describe_hardware(cfg),
         "date": datetime.date.today().isoformat(),
         "command": shlex.join(["python", "-m", "src.train", *args]),
         "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),

@@ -107,7 +107,7 @@ def test_study_knobs_are_one_override_each(overrides, params):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_pins_its_recipe(name):
     cfg = compose_only(f"experiment={name}")
-    assert cfg.scheduler is None or "ConstantLR" in str(cfg.scheduler.get("_target_", ""))
+    assert not cfg.get("scheduler")  # scheduler=none: a constant learning rate
     assert cfg.data.augment == ("seed004" if name.startswith("seed004") else "none")
     assert cfg.data.normalize == "seed"
     optimizer = cfg.optimizer
@@ -308,3 +308,38 @@ def test_reproduce_records_runs_and_resumes(folder_data, tmp_path, monkeypatch):
 def test_reproduce_rejects_an_unknown_experiment(capsys):
     assert reproduce.main(["--only", "seed999", "--table-only"]) == 2
     assert "unknown experiment(s) ['seed999']" in capsys.readouterr().err
+
+
+# -- on the real copy (skipped where ../shared is absent) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "n_train", "n_val"),
+    [
+        ("seed000_tutorial", 50_000, 0),
+        ("seed002_model1", 40_000, 10_000),
+        ("seed004_lenet3", 50_000, 0),
+    ],
+)
+def test_recipes_split_the_real_copy_as_the_studies_did(name, n_train, n_val, real_data):
+    cfg = compose_only(f"experiment={name}", "data.source=folder", f"data.root={real_data}")
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    assert (len(dm.train_idx), len(dm.val_idx)) == (n_train, n_val)
+    if name.startswith("seed004"):
+        assert len(dm.val_dataloader().sampler) == 5000  # the test split validates
+
+
+@pytest.mark.slow
+def test_tutorial_experiment_lands_near_the_published_53_percent(real_data, tmp_path):
+    """The issue's acceptance check: within 2 points of 53% (this copy is JPEG: expect ~54%)."""
+    overrides = [
+        "experiment=seed000_tutorial",
+        "data.source=folder",
+        f"data.root={real_data}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+    ]
+    metrics = train(compose_config("train", overrides, tmp_path / "run"))
+    assert abs(metrics["test/acc"] - 53) <= 2, metrics["test/acc"]
