@@ -14,7 +14,7 @@ DATA_ARGS ?= data.source=folder data.root=$(LOCAL_DATA)
 DATA_DEP := $(LOCAL_DATA)/.unpacked
 endif
 
-.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean
+.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ $(LOCAL_DATA)/.unpacked: $(SHARED_COPY)
 
 train: install $(DATA_DEP)
 	$(PY) -m src.train $(DATA_ARGS) $(ARGS)
+
+# Rerun the seed studies this machine can afford (runs already in results/reproduce.json are kept)
+# and rewrite the README's reproduction table; see README "Reproducing the studies".
+reproduce: install $(DATA_DEP)
+	$(PY) -m src.reproduce $(DATA_ARGS) $(ARGS)
 
 test: install
 	$(PY) -m pytest

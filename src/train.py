@@ -14,7 +14,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.console import print_layer_summary, print_results
 from src.data import CIFAR10DataModule
@@ -41,6 +41,22 @@ def check_config(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be a positive integer, got {epochs}")
+
+
+def skip_validation(cfg: DictConfig) -> dict:
+    """data.val_size=0 (the seeds' own recipes train on all 50,000 training images): no
+    validation loop, and the checkpoint keeps, and the test then scores, the final weights.
+
+    Returns the Trainer arguments that turn validation off (none when there is validation).
+    """
+    if cfg.data.get("val_from") == "test" or cfg.data.get("val_size") != 0:
+        return {}
+    checkpoint = cfg.get("callbacks", {}).get("model_checkpoint")
+    if checkpoint:
+        with open_dict(checkpoint):
+            checkpoint.monitor = None
+            checkpoint.filename = "final"
+    return {"limit_val_batches": 0}
 
 
 def build_model(cfg: DictConfig, dm: CIFAR10DataModule) -> Classifier:
@@ -77,6 +93,7 @@ def train(cfg: DictConfig) -> dict:
     )
     try:
         check_config(cfg)
+        no_validation = skip_validation(cfg)
         ckpt_path = cfg.get("ckpt_path")
         if cfg.get("resume"):
             ckpt_path = resume_checkpoint(out_dir, had_run, ckpt_path)
@@ -96,7 +113,7 @@ def train(cfg: DictConfig) -> dict:
         params = count_parameters(model.net)
         if is_main_process():
             print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
-        trainer = build_trainer(cfg)
+        trainer = build_trainer(cfg, **no_validation)
         check_ddp_launch(trainer)
         log.info(
             "training %s (%d parameters) on %s, %d CPU threads; run folder %s",
@@ -108,6 +125,7 @@ def train(cfg: DictConfig) -> dict:
         )
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
         val_acc_best = float(model.val_acc_best)  # read before testing loads the best weights
+        epoch_time = trainer.callback_metrics.get("time/epoch_s")  # the last epoch's
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test = trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
     except BaseException as err:
@@ -123,6 +141,7 @@ def train(cfg: DictConfig) -> dict:
         "test/acc_per_class": model.test_results["acc_per_class"],
         "params": params,
         "epochs": trainer.current_epoch,
+        "epoch_time_s": round(float(epoch_time), 2) if epoch_time is not None else None,
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_checkpoint": best,
     }

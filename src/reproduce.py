@@ -1,0 +1,380 @@
+"""Reproduce the seed studies: run the affordable recipes, time the others, rewrite the table.
+
+    python -m src.reproduce [options] [Hydra overrides for every run]
+    python -m src.reproduce data.source=folder data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg
+    make reproduce
+
+Every run is `python -m src.train experiment=<name> seed=<seed>` in a child process, started only
+while this process holds an exclusive lock on a file (`--lock`), one run per lock: on a shared
+machine, jobs that take the same lock take turns with ours. Finished runs go into
+results/reproduce.json (run again to resume: recorded runs are not repeated), and the table in
+README.md between the reproduce markers is rebuilt from that file alone, so every number in it
+was measured by a run listed there. Experiments too long for the machine get a short timing probe
+instead and an estimate of the time they need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fcntl
+import json
+import logging
+import math
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+
+from src.errors import ConfigError, UserError
+from src.run import available_cores, write_json
+
+log = logging.getLogger("reproduce")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "reproduce.json"
+README = ROOT / "README.md"
+RUNS = ROOT / "outputs" / "reproduce"
+START, END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
+DEFAULT_LOCK = "/tmp/cifar10-lab-cpu.lock"
+SEEDS = (0, 1, 2)
+TRAIN_IMAGES = 50_000  # CIFAR-10's training split (the official files and the JPEG copy alike)
+PROBE_BATCHES = 200
+
+
+@dataclass(frozen=True)
+class Row:
+    """One published result and how we reproduce it."""
+
+    experiment: str
+    study: str
+    published: str
+    overrides: tuple[str, ...] = ()  # on top of the experiment (e.g. a shortened run)
+    seeds: tuple[int, ...] = ()  # run by `make reproduce`; empty: too long here, probe only
+
+    @property
+    def key(self) -> str:
+        return " ".join((f"experiment={self.experiment}", *self.overrides))
+
+    @property
+    def slug(self) -> str:
+        """A folder name: the experiment, then its overrides (max_epochs=5 -> -max_epochs5)."""
+        extra = "".join("-" + o.rsplit(".", 1)[-1].replace("=", "") for o in self.overrides)
+        return self.experiment + extra
+
+
+ROWS = (
+    Row(
+        "seed000_tutorial",
+        "T: tutorial net (000 part 1, 001 base)",
+        "53 (000), 53.44 (001)",
+        seeds=SEEDS,
+    ),
+    Row("seed000_width", "000 A: width sweep, width 30", "70.73", seeds=SEEDS),
+    Row("seed000_conv3", "000 B: three conv layers", "70.49"),
+    Row("seed000_conv4", "000 C: four conv layers", "61.33"),
+    Row("seed001_run1", "001 run 1: c1 = 16", "54.17"),
+    Row("seed001_run2", "001 run 2: c1 = 32", "56.63"),
+    Row("seed001_run3", "001 run 3: c1 = 128", "60.77", seeds=SEEDS),
+    Row("seed002_model1", "002 model 1: net T", "63"),
+    Row("seed002_model2", "002 model 2: cnn3", "72"),
+    Row("seed002_model3", "002 model 3: vgg6", "82"),
+    Row("seed003_bn6", "003: bn6", "78"),
+    Row("seed004_lenet3", "004: lenet3 + augmentation", "75.80"),
+    Row(
+        "seed004_lenet3",
+        "004: the first 5 of its 30 epochs",
+        "65.62 (after epoch 5)",
+        overrides=("trainer.max_epochs=5",),
+        seeds=SEEDS,
+    ),
+)
+
+
+# -- what a run is, and where its numbers go ---------------------------------------------------
+
+
+def recipe(row: Row, overrides: list[str]) -> DictConfig:
+    """The composed config of a row, as `python -m src.train` would build it."""
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose(
+                "train", overrides=[f"experiment={row.experiment}", *row.overrides, *overrides]
+            )
+    except HydraException as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"cannot compose {row.key} {' '.join(overrides)}: {first}") from err
+
+
+def describe_data(cfg: DictConfig) -> str:
+    if cfg.data.source != "folder":
+        return "official CIFAR-10 files (10,000 test images)"
+    test = Path(cfg.data.root).expanduser() / "test"
+    n_test = sum(1 for p in test.rglob("*") if p.is_file()) if test.is_dir() else 0
+    name = "JPEG copy (../shared/data)" if "cifar10-jpeg" in str(cfg.data.root) else "image folder"
+    return f"{name}, {n_test:,} test images"
+
+
+def describe_hardware(cfg: DictConfig) -> str:
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    cores = available_cores()
+    if cfg.threads and cfg.threads < cores:
+        return f"{cfg.threads} of {cores} cores ({cpu}), no GPU"
+    return f"{cores}-core CPU ({cpu}), no GPU"
+
+
+def train_args(row: Row, seed: int, probe: bool) -> list[str]:
+    """The overrides of one run (without the user's data overrides)."""
+    args = [f"experiment={row.experiment}", *row.overrides, f"seed={seed}"]
+    if probe:  # time PROBE_BATCHES training batches; skip validation and most of the test
+        args += [
+            "trainer.max_epochs=1",
+            f"++trainer.limit_train_batches={PROBE_BATCHES}",
+            "++trainer.limit_test_batches=1",
+            "data.val_size=0",
+            "data.val_from=train",
+        ]
+    return args
+
+
+def estimate_s(row: Row, probe: dict, cfg: DictConfig) -> float:
+    """Training time of the full recipe, from the probe's measured time per batch."""
+    val = cfg.data.val_size if cfg.data.val_from == "train" else 0
+    n_val = round(val * TRAIN_IMAGES) if 0 < val < 1 else int(val)
+    batches = math.ceil((TRAIN_IMAGES - n_val) / cfg.data.batch_size)
+    return probe["epoch_time_s"] / probe["probe_batches"] * batches * cfg.trainer.max_epochs
+
+
+@contextmanager
+def exclusive(lock: str | None) -> Iterator[None]:
+    """Hold an flock(2) lock, as `flock FILE command` does (filelock may delete its file, which
+    would split the queue of processes waiting on it)."""
+    if not lock:
+        yield
+        return
+    with open(lock, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | None) -> dict:
+    """Train one run in a child process under the lock; returns its record for the results."""
+    run_dir = RUNS / row.slug / ("probe" if probe else f"seed{seed}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
+    args = [*train_args(row, seed, probe), *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "src.train",
+        *args,
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    with exclusive(lock):
+        log.info("running: python -m src.train %s", " ".join(args))
+        done = subprocess.run(command, cwd=ROOT, check=False)
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    if done.returncode != 0 or metrics.get("status") != "finished":
+        raise RuntimeError(f"{row.key} seed {seed} failed (exit {done.returncode}); see {run_dir}")
+    cfg = recipe(row, overrides)
+    record = {
+        "row": row.key,
+        "kind": "probe" if probe else "run",
+        "seed": seed,
+        "test_acc": None if probe else round(metrics["test/acc"], 2),
+        "epochs": metrics["epochs"],
+        "epoch_time_s": metrics["epoch_time_s"],
+        "wall_time_s": metrics["wall_time_s"],
+        "data": describe_data(cfg),
+        "hardware": describe_hardware(cfg),
+        "date": datetime.date.today().isoformat(),
+        "command": shlex.join(["python", "-m", "src.train", *args]),
+        "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
+    }
+    if probe:
+        record["probe_batches"] = PROBE_BATCHES
+    return record
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def ours(runs: list[dict]) -> str:
+    accs = [r["test_acc"] for r in sorted(runs, key=lambda r: r["seed"])]
+    if len(accs) == 1:
+        return f"{accs[0]:.2f} (1 seed)"
+    mean, sd = statistics.mean(accs), statistics.stdev(accs)
+    listed = ", ".join(f"{a:.2f}" for a in accs)
+    return f"**{mean:.2f} ± {sd:.2f}** ({len(accs)} seeds: {listed})"
+
+
+def table(results: list[dict], overrides: list[str]) -> str:
+    """The Markdown table: one line per row of ROWS, numbers only from `results`."""
+    lines = [
+        "| experiment | study | published % | ours: test % (mean ± sd over seeds) | data "
+        "| hardware | wall time per seed | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        runs = [r for r in results if r["row"] == row.key and r["kind"] == "run"]
+        probes = [r for r in results if r["row"] == row.key and r["kind"] == "probe"]
+        command = f"`python -m src.train {row.key}`"
+        if runs:
+            cells = [
+                ours(runs),
+                "; ".join(sorted({r["data"] for r in runs})),
+                "; ".join(sorted({r["hardware"] for r in runs})),
+                duration(statistics.mean(r["wall_time_s"] for r in runs)),
+            ]
+        elif probes:
+            probe = probes[-1]
+            cfg = recipe(row, overrides)
+            per_batch = probe["epoch_time_s"] / probe["probe_batches"]
+            cells = [
+                f"not yet run here: about {duration(estimate_s(row, probe, cfg))} per seed "
+                f"({cfg.trainer.max_epochs} epochs at {per_batch * 1000:.0f} ms per batch of "
+                f"{cfg.data.batch_size}, timed over {probe['probe_batches']} batches)",
+                "-",
+                probe["hardware"],
+                "-",
+            ]
+        else:
+            cells = ["not yet run here (not timed yet: run `make reproduce`)", "-", "-", "-"]
+        lines.append(
+            " | ".join(
+                ["", f"`{row.experiment}`", row.study, row.published, *cells, command, ""]
+            ).strip()
+        )
+    return "\n".join(lines)
+
+
+def write_readme(text: str, readme: Path = README) -> None:
+    content = readme.read_text()
+    if START not in content or END not in content:
+        raise ConfigError(f"{readme} has no '{START}' ... '{END}' markers to put the table between")
+    head, rest = content.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def load_results(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+
+def save_results(path: Path, results: list[dict]) -> None:
+    order = {row.key: i for i, row in enumerate(ROWS)}
+    results.sort(key=lambda r: (order.get(r["row"], len(order)), r["kind"], r["seed"]))
+    write_json(path, {"runs": results})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (data, ...)")
+    parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
+    parser.add_argument("--no-probes", action="store_true", help="skip the timing probes")
+    parser.add_argument("--rerun", action="store_true", help="repeat runs already recorded")
+    parser.add_argument(
+        "--lock",
+        default=DEFAULT_LOCK,
+        help=f"lock file held during each run (default {DEFAULT_LOCK}; '' for none)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    known = {row.experiment for row in ROWS}
+    unknown = set(args.only or ()) - known
+    try:
+        if unknown:
+            raise ConfigError(
+                f"unknown experiment(s) {sorted(unknown)}: choose from {sorted(known)}"
+            )
+        results = load_results(args.results)
+        failed = 0
+        if not args.table_only:
+            failed = run_all(args, results)
+        text = table(results, args.overrides)
+        write_readme(text, args.readme)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    log.info(
+        "table written to %s (%d recorded runs in %s)", args.readme, len(results), args.results
+    )
+    return 1 if failed else 0
+
+
+def run_all(args: argparse.Namespace, results: list[dict]) -> int:
+    """Make every missing run and probe; returns how many failed (the others still count)."""
+    todo = []
+    for row in ROWS:
+        if args.only and row.experiment not in args.only:
+            continue
+        jobs = [(seed, False) for seed in row.seeds] or ([] if args.no_probes else [(0, True)])
+        for seed, probe in jobs:
+            kind = "probe" if probe else "run"
+            done = any(
+                r["row"] == row.key and r["kind"] == kind and r["seed"] == seed for r in results
+            )
+            if args.rerun or not done:
+                todo.append((row, seed, probe))
+    failed = 0
+    for i, (row, seed, probe) in enumerate(todo, 1):
+        what = "timing probe" if probe else f"seed {seed}"
+        log.info("[%d/%d] %s, %s", i, len(todo), row.key, what)
+        try:
+            record = run_one(row, seed, probe, args.overrides, args.lock)
+        except RuntimeError as err:
+            log.error("%s", err)
+            failed += 1
+            continue
+        results[:] = [
+            r
+            for r in results
+            if (r["row"], r["kind"], r["seed"]) != (record["row"], record["kind"], record["seed"])
+        ]
+        results.append(record)
+        save_results(args.results, results)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

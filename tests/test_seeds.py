@@ -1,0 +1,345 @@
+"""The seed networks and recipes: presets build and match the spec, experiments compose and train,
+and the reproduction script builds its table only from recorded runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from src import reproduce
+from src.models.convnet import count_parameters, layer_summary
+from src.train import train
+from tests.conftest import CONF, compose_config, run_cli
+
+# Parameter counts of the layer lists in seed-models.md, counted by hand (10 classes).
+PRESETS = {
+    "tutorial": 62_006,  # 456 + 2,416 + 48,120 + 10,164 + 850
+    "conv2": 661_914,  # width 30: 2,280 + 150,200 + 500,100 + 8,484 + 850
+    "conv3": 1_584_330,  # 7,600 + 450,180 + 1,080,240 + 24,100 + 20,200 + 2,010
+    "conv4": 678_630,  # 2,800 + 162,180 + 173,040 + 288,300 + 30,100 + 20,200 + 2,010
+    "cnn3": 581_866,  # 448 + 4,640 + 18,496 + 524,800 + 32,832 + 650
+    "vgg6": 5_851_338,  # convs 1,126,080 + 4,195,328 + 524,800 + 5,130
+    "bn6": 20_715_146,  # convs 1,572,768 + batch norm 2,016 + 18,875,392 + 262,400 + 2,570
+    "lenet3": 541_094,  # 448 + 4,640 + 18,496 + 512,500 + 5,010
+}
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+NO_VALIDATION = {
+    "seed000_tutorial",
+    "seed000_width",
+    "seed000_conv3",
+    "seed000_conv4",
+    "seed001_run1",
+    "seed001_run2",
+    "seed001_run3",
+    "seed003_bn6",
+}
+
+
+def compose_only(*overrides: str):
+    """The composed train config, without Hydra's runtime (enough to read or build parts)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def build(*overrides: str) -> torch.nn.Module:
+    return instantiate(compose_only(*overrides).model.net)
+
+
+def test_every_preset_has_a_count_and_every_experiment_a_table_row():
+    assert set(PRESETS) == {p.stem for p in (CONF / "model").glob("*.yaml")}
+    assert set(EXPERIMENTS) == {row.experiment for row in reproduce.ROWS}
+    assert len(EXPERIMENTS) == 12
+
+
+@pytest.mark.parametrize(("name", "params"), PRESETS.items())
+def test_preset_builds_trains_and_matches_the_spec(name, params):
+    net = build(f"model={name}")
+    assert count_parameters(net) == params
+    images = torch.randn(4, 3, 32, 32)
+    loss = torch.nn.functional.cross_entropy(net(images), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    rows = layer_summary(net, (3, 32, 32))
+    assert sum(p for _, _, p in rows) == params
+    assert rows[-1][1] == (10,)
+
+
+def test_bn6_summary_matches_seed_003_torchinfo_rows():
+    rows = layer_summary(build("model=bn6"), (3, 32, 32))
+    convs = [(shape, p) for layer, shape, p in rows if "Conv2d" in layer or "BatchNorm" in layer]
+    # The first ten rows of the study's torchinfo summary (it was cut off there).
+    assert convs[:8] == [
+        ((16, 30, 30), 448),
+        ((16, 30, 30), 32),
+        ((32, 28, 28), 4640),
+        ((32, 28, 28), 64),
+        ((64, 12, 12), 18496),
+        ((64, 12, 12), 128),
+        ((128, 10, 10), 73856),
+        ((128, 10, 10), 256),
+    ]
+    assert [layer for layer, _, _ in rows if "Flatten" in layer] and (18432,) in [
+        shape for _, shape, _ in rows
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "params"),
+    [
+        (["model=conv2", "model.width=170"], 5076 * 170 + 509_634),  # seed 000's widest
+        (["model=tutorial", "model.c1=128"], 120_078),  # seed 001 run 3
+        (["experiment=seed001_run3"], 120_078),
+        (["experiment=seed000_width", "model.width=90"], 5076 * 90 + 509_634),
+        (["model=vgg6", "model.batch_norm=true", "model.dropout=0.5"], 5_851_338 + 2 * 864),
+    ],
+)
+def test_study_knobs_are_one_override_each(overrides, params):
+    assert count_parameters(build(*overrides)) == params
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_pins_its_recipe(name):
+    cfg = compose_only(f"experiment={name}")
+    assert not cfg.get("scheduler")  # scheduler=none: a constant learning rate
+    assert cfg.data.augment == ("seed004" if name.startswith("seed004") else "none")
+    assert cfg.data.normalize == "seed"
+    optimizer = cfg.optimizer
+    if name.startswith("seed004"):
+        assert optimizer._target_ == "torch.optim.Adam" and optimizer.lr == 0.001
+        assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.data.val_from) == (100, 30, "test")
+    else:
+        assert optimizer._target_ == "torch.optim.SGD" and optimizer.weight_decay == 0
+    if name.startswith("seed002"):
+        assert (cfg.data.batch_size, cfg.data.val_size, cfg.trainer.max_epochs) == (20, 0.2, 30)
+        assert optimizer.momentum == 0
+        checkpoint = cfg.callbacks.model_checkpoint
+        assert (checkpoint.monitor, checkpoint.mode) == ("val/loss", "min")
+    else:
+        assert cfg.callbacks.model_checkpoint.monitor is None  # the final weights are tested
+    if name in NO_VALIDATION:
+        assert cfg.data.val_size == 0 and optimizer.momentum == 0.9
+    if name == "seed003_bn6":
+        assert (cfg.data.batch_size, cfg.trainer.max_epochs, optimizer.lr) == (16, 50, 0.001)
+
+
+def test_overrides_still_apply_over_an_experiment():
+    cfg = compose_only("experiment=seed000_conv3", "optimizer.lr=0.01", "data.batch_size=32")
+    assert (cfg.optimizer.lr, cfg.data.batch_size, cfg.model.name) == (0.01, 32, "conv3")
+
+
+def one_step(tmp_path: Path, data_root: Path, name: str, *extra: str, run: str = "run") -> dict:
+    """Train an experiment for one epoch of at most `limit` batches on the tiny synthetic data."""
+    overrides = [
+        f"experiment={name}",
+        "data.source=folder",
+        f"data.root={data_root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+        *extra,
+    ]
+    return train(compose_config("train", overrides, tmp_path / run))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_trains_one_step(name, folder_data, tmp_path):
+    metrics = one_step(tmp_path, folder_data, name)
+    assert metrics["status"] == "finished" and 0 <= metrics["test/acc"] <= 100
+    checkpoint = Path(metrics["best_checkpoint"])
+    if name in NO_VALIDATION:
+        assert metrics["val/acc_best"] is None  # no validation loop ran
+        assert checkpoint.name == "final.ckpt"
+    else:
+        assert metrics["val/acc_best"] is not None
+        assert checkpoint.name == ("best.ckpt" if name.startswith("seed002") else "final.ckpt")
+    assert checkpoint.exists() and metrics["epoch_time_s"] > 0
+
+
+def test_seed004_augments_training_batches_and_the_others_do_not(folder_data, tmp_path):
+    def datamodule(name):
+        cfg = compose_only(f"experiment={name}", "data.source=folder", f"data.root={folder_data}")
+        return instantiate(cfg.data)
+
+    assert datamodule("seed004_lenet3").augment_fn is not None
+    for name in EXPERIMENTS:
+        if not name.startswith("seed004"):
+            assert datamodule(name).augment_fn is None, name
+
+
+def test_same_seed_same_result(folder_data, tmp_path):
+    """Augmentation, dropout, shuffling and initialisation all follow the seed."""
+    extra = ("++trainer.limit_train_batches=3", "data.batch_size=16")
+    a = one_step(tmp_path, folder_data, "seed004_lenet3", "seed=5", *extra, run="a")
+    b = one_step(tmp_path, folder_data, "seed004_lenet3", "seed=5", *extra, run="b")
+    c = one_step(tmp_path, folder_data, "seed004_lenet3", "seed=6", *extra, run="c")
+    assert a["test/loss"] == b["test/loss"] and a["test/acc"] == b["test/acc"]
+    assert a["test/loss"] != c["test/loss"]
+
+
+def test_no_validation_tests_the_final_weights(folder_data, tmp_path):
+    metrics = one_step(
+        tmp_path, folder_data, "seed000_tutorial", "trainer.max_epochs=2", "data.batch_size=16"
+    )
+    run = tmp_path / "run"
+    final = torch.load(run / "checkpoints" / "final.ckpt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["epoch"] == last["epoch"] == 1
+    assert all(torch.equal(final["state_dict"][k], v) for k, v in last["state_dict"].items())
+    assert metrics["epochs"] == 2 and metrics["best_checkpoint"].endswith("final.ckpt")
+
+
+def test_cli_runs_an_experiment_by_name_and_prints_the_layers(folder_data, tmp_path):
+    result = run_cli(
+        "src.train",
+        "experiment=seed001_run3",
+        "model.c1=32",  # an override on top of the recipe still applies
+        "data.source=folder",
+        f"data.root={folder_data}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=2",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+        f"hydra.run.dir={tmp_path / 'cli'}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tutorial: layers" in result.stdout
+    assert "32 x 28 x 28" in result.stdout  # conv1 with the overridden width
+    config = (tmp_path / "cli" / "config.yaml").read_text()
+    assert "batch_size: 4" in config and "c1: 32" in config
+
+
+# -- the reproduction table --------------------------------------------------------------------
+
+
+def record(row: reproduce.Row, seed: int, acc: float | None, kind: str = "run", **extra) -> dict:
+    return {
+        "row": row.key,
+        "kind": kind,
+        "seed": seed,
+        "test_acc": acc,
+        "epochs": 2,
+        "epoch_time_s": 50.0,
+        "wall_time_s": 120.0,
+        "data": "JPEG copy (../shared/data), 5,000 test images",
+        "hardware": "2-core CPU (test), no GPU",
+        "date": "2025-01-01",
+        "command": f"python -m src.train {row.key} seed={seed}",
+        "run_dir": "outputs/reproduce/x",
+        **extra,
+    }
+
+
+def test_table_shows_mean_and_spread_of_recorded_runs_only(tmp_path):
+    tutorial = reproduce.ROWS[0]
+    bn6 = next(r for r in reproduce.ROWS if r.experiment == "seed003_bn6")
+    results = [
+        record(tutorial, 0, 54.0),
+        record(tutorial, 1, 55.0),
+        record(tutorial, 2, 56.0),
+        record(bn6, 0, None, kind="probe", epoch_time_s=100.0, probe_batches=200),
+    ]
+    text = reproduce.table(results, [])
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(reproduce.ROWS)
+    tutorial_line = next(line for line in lines if line.startswith("| `seed000_tutorial`"))
+    assert "**55.00 ± 1.00** (3 seeds: 54.00, 55.00, 56.00)" in tutorial_line
+    assert "2.0 min" in tutorial_line and "2-core CPU (test), no GPU" in tutorial_line
+    bn6_line = next(line for line in lines if line.startswith("| `seed003_bn6`"))
+    # 0.5 s per batch x 3,125 batches of 16 x 50 epochs = 78,125 s
+    assert "not yet run here: about 21.7 h per seed" in bn6_line and "500 ms per batch" in bn6_line
+    others = [line for line in lines[2:] if line not in (tutorial_line, bn6_line)]
+    assert all("not yet run here (not timed yet" in line for line in others)
+    assert not any(char.isdigit() for line in others for char in line.split("|")[4])
+
+
+def test_readme_table_is_replaced_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    start, end = reproduce.START, reproduce.END
+    readme.write_text(f"# title\n\n{start}\nold table\n{end}\n\n## next\n")
+    reproduce.write_readme("| new |", readme)
+    assert readme.read_text() == f"# title\n\n{start}\n| new |\n{end}\n\n## next\n"
+    readme.write_text("no markers")
+    with pytest.raises(reproduce.ConfigError, match="markers"):
+        reproduce.write_readme("| new |", readme)
+
+
+def test_reproduce_records_runs_and_resumes(folder_data, tmp_path, monkeypatch):
+    """The whole loop on tiny data: one shortened row, run, recorded, not repeated."""
+    row = reproduce.Row(
+        "seed004_lenet3", "004 (test)", "1", overrides=("trainer.max_epochs=1",), seeds=(0,)
+    )
+    monkeypatch.setattr(reproduce, "ROWS", (row,))
+    monkeypatch.setattr(reproduce, "RUNS", tmp_path / "runs")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{reproduce.START}\n{reproduce.END}\n")
+    results = tmp_path / "results.json"
+    args = [
+        "data.source=folder",
+        f"data.root={folder_data}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.batch_size=16",
+        "threads=1",
+        f"--results={results}",
+        f"--readme={readme}",
+        f"--lock={tmp_path / 'cpu.lock'}",
+    ]
+    assert reproduce.main(args) == 0
+    runs = json.loads(results.read_text())["runs"]
+    assert [(r["kind"], r["seed"]) for r in runs] == [("run", 0)]
+    metrics = json.loads((tmp_path / "runs" / row.slug / "seed0" / "metrics.json").read_text())
+    assert runs[0]["test_acc"] == round(metrics["test/acc"], 2)
+    assert f"{runs[0]['test_acc']:.2f} (1 seed)" in readme.read_text()
+    stamp = results.stat().st_mtime_ns
+    assert reproduce.main(args) == 0  # nothing left to run: the record is kept as it was
+    assert results.stat().st_mtime_ns == stamp
+
+
+def test_reproduce_rejects_an_unknown_experiment(capsys):
+    assert reproduce.main(["--only", "seed999", "--table-only"]) == 2
+    assert "unknown experiment(s) ['seed999']" in capsys.readouterr().err
+
+
+# -- on the real copy (skipped where ../shared is absent) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "n_train", "n_val"),
+    [
+        ("seed000_tutorial", 50_000, 0),
+        ("seed002_model1", 40_000, 10_000),
+        ("seed004_lenet3", 50_000, 0),
+    ],
+)
+def test_recipes_split_the_real_copy_as_the_studies_did(name, n_train, n_val, real_data):
+    cfg = compose_only(f"experiment={name}", "data.source=folder", f"data.root={real_data}")
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    assert (len(dm.train_idx), len(dm.val_idx)) == (n_train, n_val)
+    if name.startswith("seed004"):
+        assert len(dm.val_dataloader().sampler) == 5000  # the test split validates
+
+
+@pytest.mark.slow
+def test_tutorial_experiment_lands_near_the_published_53_percent(real_data, tmp_path):
+    """The issue's acceptance check: within 2 points of 53% (this copy is JPEG: expect ~54%)."""
+    overrides = [
+        "experiment=seed000_tutorial",
+        "data.source=folder",
+        f"data.root={real_data}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+    ]
+    metrics = train(compose_config("train", overrides, tmp_path / "run"))
+    assert abs(metrics["test/acc"] - 53) <= 2, metrics["test/acc"]
