@@ -1,0 +1,123 @@
+"""The benchmark command (`make bench`) runs end to end on tiny synthetic data.
+
+Speed itself is never asserted here (that is the benchmark's own output); these tests check
+that every section runs, writes its JSON and Markdown, and reports what the README quotes.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import multiprocessing as mp
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.accuracy import summarize
+from benchmarks.processes import smaps_pss
+from tests.conftest import make_folder_tree, run_cli
+
+
+@pytest.fixture
+def bench_data(tmp_path):
+    # Enough images for the timed windows of every batch size (256 included).
+    root = make_folder_tree(tmp_path / "data", n_train=200, n_test=20)
+    return [
+        "data.source=folder",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.val_size=12",
+    ]
+
+
+def test_every_section_runs_and_writes_json_and_markdown(bench_data, tmp_path):
+    out = tmp_path / "results" / "cpu"
+    result = run_cli("benchmarks", "--quick", f"--out={out}", *bench_data, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    sections = data["sections"]
+    assert set(sections) == {
+        "pipeline", "per_batch", "flops", "time_to_accuracy", "sweep", "memory", "gpu"
+    }
+    assert data["machine"]["cores"] >= 1 and data["machine"]["cpu"]
+
+    for batch in ("batch 4", "batch 64", "batch 256"):
+        row = sections["per_batch"][batch]
+        assert row["plain_ms"] > 0 and row["cifar10_lab_ms"] > 0
+    assert sections["per_batch"]["batch 4"]["seeds_loop_ms"] > 0
+    assert sections["flops"]["matmul_peak_gflops"] > 0
+    assert sections["flops"]["tutorial"]["mflop_per_image"] == pytest.approx(3.9, rel=0.1)
+    assert sections["flops"]["vgg_like"]["mflop_per_image"] > 100  # a much bigger net
+    assert set(sections["pipeline"]["batch 256"]) == {"none", "flip", "flip_crop", "seed004"}
+
+    # The synthetic classes are easy: both loops reach 53% and the ratio is computed.
+    tta = sections["time_to_accuracy"]
+    assert tta["seeds_loop"]["reached"] and tta["cifar10_lab"]["reached"]
+    assert tta["ratio"] == pytest.approx(tta["cifar10_lab"]["time_s"] / tta["seeds_loop"]["time_s"],
+                                         rel=0.01)
+    assert sections["sweep"]["sequential_s"] > 0 and sections["sweep"]["parallel_s"] > 0
+    memory = sections["memory"]
+    assert memory["one"]["data_resident_one_job_mb"] > 0
+    # Two jobs map the same cached pages: far from the two copies private pages would make.
+    assert 0.5 < memory["parallel"]["data_copies"] < 1.5
+    if not torch.cuda.is_available():
+        assert sections["gpu"] == {"skipped": "no GPU", "section_s": sections["gpu"]["section_s"]}
+
+    table = out.with_suffix(".md").read_text()
+    assert table == result.stdout[-len(table) :]
+    assert "| measure | value |" in table and "| target | measured | limit | met |" in table
+    assert len(data["targets"]) == 7
+    for target in data["targets"]:
+        assert target["target"] in table and isinstance(target["met"], bool)
+
+
+def test_unknown_section_fails_with_one_clear_line(tmp_path):
+    result = run_cli("benchmarks", "--sections", "speed", f"--out={tmp_path / 'x'}")
+    assert result.returncode == 2
+    assert "unknown benchmark sections ['speed']" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_time_to_accuracy_is_the_first_evaluation_at_the_target():
+    evals = [(1.0, 40.0, 100), (2.0, 53.5, 200), (3.0, 52.0, 300), (4.0, 60.0, 400)]
+    result = summarize(evals, target=53.0, epoch=200)
+    assert result["reached"] and result["time_s"] == 2.0 and result["epochs"] == 1.0
+    missed = summarize(evals, target=70.0, epoch=200)
+    assert not missed["reached"] and missed["time_s"] is None and missed["accuracy"] == 60.0
+
+
+def _touch_and_wait(path, ready, done):
+    with open(path, "rb") as file:
+        view = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+        sum(view[i] for i in range(0, len(view), 4096))  # read every page
+        ready.set()
+        done.wait(30)
+
+
+def test_pss_counts_shared_file_pages_once(tmp_path):
+    """What the memory section relies on: two processes reading one mapped file hold its
+    pages once (their PSS of it adds up to one copy)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "images.npy", np.ones(4 << 20, np.uint8))  # 4 MiB
+    ctx = mp.get_context("fork")
+    ready, done = [ctx.Event(), ctx.Event()], ctx.Event()
+    procs = [ctx.Process(target=_touch_and_wait, args=(data / "images.npy", r, done))
+             for r in ready]
+    for proc in procs:
+        proc.start()
+    try:
+        assert all(r.wait(30) for r in ready)
+        samples = [smaps_pss(proc.pid, data) for proc in procs]
+    finally:
+        done.set()
+        for proc in procs:
+            proc.join()
+    size = (data / "images.npy").stat().st_size
+    for total, _data_pss, data_rss in samples:
+        assert data_rss == pytest.approx(size, rel=0.01) and total > data_rss
+    assert sum(s[1] for s in samples) == pytest.approx(size, rel=0.01)
+    assert smaps_pss(os.getpid(), data)[1] == 0  # this process does not map it
