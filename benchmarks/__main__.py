@@ -22,10 +22,27 @@ from pathlib import Path
 import torch
 
 from benchmarks import accuracy, compute, gpu, processes
-from benchmarks.common import FULL, QUICK, VGG_LIKE, Scale, best_of, build_net, compose_train
-from benchmarks.common import load_data, machine_info, step_times, train_flops_per_image
-from benchmarks.loops import SEED_RECIPE, lab_step_time, memory_loader, plain_steps
-from benchmarks.loops import seeds_loader, seeds_steps
+from benchmarks.common import (
+    FULL,
+    QUICK,
+    VGG_LIKE,
+    Scale,
+    best_of,
+    build_net,
+    compose_train,
+    load_data,
+    machine_info,
+    step_times,
+    train_flops_per_image,
+)
+from benchmarks.loops import (
+    SEED_RECIPE,
+    lab_step_time,
+    memory_loader,
+    plain_steps,
+    seeds_loader,
+    seeds_steps,
+)
 from benchmarks.report import markdown, targets
 from src.data import CIFAR10DataModule
 from src.errors import ConfigError, UserError
@@ -152,7 +169,7 @@ class Bench:
             self.base,
             self.scale.memory_overrides,
             self.scale.memory_jobs,
-            self.dm.cache_dir,
+            self.dm.data.path / "train_images.npy",
             self.scratch / "memory",
         )
 

@@ -20,10 +20,10 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from benchmarks.common import build_net, compose_train, load_data
-from benchmarks.loops import build_lab_trainer, evaluate, seeds_loader, seeds_steps
+from benchmarks.loops import evaluate, seeds_loader, seeds_steps
 from src.data import CIFAR10DataModule
 from src.run import set_threads
-from src.train import build_model
+from src.train import build_model, build_trainer
 
 
 class TrainClock(L.Callback):
@@ -141,7 +141,7 @@ def lab_time_to_accuracy(
     clock = TrainClock()
     stop = EarlyStopping("val/acc", mode="max", stopping_threshold=target, patience=10**9)
     batches = math.ceil(len(dm.train_idx) / dm.batch_size)
-    trainer = build_lab_trainer(
+    trainer = build_trainer(
         cfg,
         [clock, stop],
         val_check_interval=max(1, round(eval_every * batches)),

@@ -17,11 +17,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import src
 import src.run  # noqa: F401  (registers the config resolvers)
 from src.data import CIFAR10DataModule
 from src.run import available_cores
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+# The configs that go with the `src` imported (another checkout's, to compare before and after).
+CONF = Path(src.__file__).resolve().parents[1] / "conf"
 
 # Seed 002's model 3 (docs seed-models.md): three blocks of two 3x3 convs, then 4096-1024-512.
 VGG_LIKE = {

@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -23,7 +22,7 @@ from benchmarks.common import compose_train, load_data
 from src.data import CIFAR10DataModule
 from src.data.loader import EpochShuffle, TensorBatchLoader
 from src.run import set_threads
-from src.train import build_model
+from src.train import build_model, build_trainer
 
 # The seed recipe (the PyTorch tutorial): SGD 0.001 with momentum 0.9, constant, no decay.
 SEED_RECIPE = (
@@ -123,13 +122,6 @@ class BatchClock(L.Callback):
             self.per_batch = (now - self.start) / (batch_idx + 1 - self.warmup)
 
 
-def build_lab_trainer(cfg: DictConfig, extra: Sequence[L.Callback] = (), **kwargs) -> L.Trainer:
-    """cifar10-lab's Trainer for `cfg` (as src.train builds it), plus benchmark callbacks."""
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, callbacks=[*callbacks, *extra], logger=logger, **kwargs)
-
-
 def lab_step_time(overrides: Sequence[str], warmup: int, timed: int, output_dir: Path) -> float:
     """Seconds per training batch of `python -m src.train <overrides>` (cifar10-lab itself).
 
@@ -145,7 +137,7 @@ def lab_step_time(overrides: Sequence[str], warmup: int, timed: int, output_dir:
     dm = load_data(cfg)
     model = build_model(cfg, dm)
     clock = BatchClock(warmup)
-    trainer = build_lab_trainer(
+    trainer = build_trainer(
         cfg,
         [clock],
         limit_train_batches=warmup + timed,

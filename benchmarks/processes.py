@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -87,18 +88,18 @@ def sweep(base: Sequence[str], job: Sequence[str], jobs: int, parallel: int, out
     }
 
 
-def smaps_pss(pid: int, data_dir: Path) -> tuple[int, int, int]:
-    """(PSS of the whole process, PSS and RSS of its mappings of files under data_dir), bytes."""
+def smaps_pss(pid: int, data_file: Path) -> tuple[int, int, int]:
+    """(PSS of the whole process, PSS and RSS of its mappings of data_file), in bytes."""
     with open(f"/proc/{pid}/smaps_rollup") as file:
         total = next(int(line.split()[1]) for line in file if line.startswith("Pss:"))
     data_pss = data_rss = 0
     in_data = False
-    prefix = str(data_dir.resolve())
+    target = str(data_file.resolve())
     with open(f"/proc/{pid}/smaps") as file:
         for line in file:
             fields = line.split()
-            if "-" in fields[0] and ":" not in fields[0]:  # a mapping's header line
-                in_data = len(fields) >= 6 and fields[5].startswith(prefix)
+            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+                in_data = len(fields) >= 6 and " ".join(fields[5:]) == target
             elif in_data and fields[0] == "Pss:":
                 data_pss += int(fields[1])
             elif in_data and fields[0] == "Rss:":
@@ -107,13 +108,15 @@ def smaps_pss(pid: int, data_dir: Path) -> tuple[int, int, int]:
 
 
 def peak_memory(
-    commands: Sequence[list[str]], data_dir: Path, log_dir: Path, interval: float = 0.2
+    commands: Sequence[list[str]], data_file: Path, log_dir: Path, interval: float = 0.2
 ) -> dict:
-    """Start the commands side by side and sample their PSS while all of them run.
+    """Start the commands side by side and sample their memory while all of them run.
 
-    The sample kept is the one where the jobs' mappings of the cached data set are largest
-    (every page of it read); there, the data's PSS summed over the jobs says how many copies
-    of those pages the machine holds: 1.0 means one copy, shared.
+    PSS (proportional set size) charges each shared page to the processes mapping it in equal
+    parts, so the PSS of `data_file` summed over every process that maps it (the jobs, and this
+    benchmark, which maps the same cache) is the memory its pages take: one copy when they are
+    shared, one per job when each job had its own. `data_copies` is that sum over the file's
+    size, at the sample where it is largest (every job has read the whole file by then).
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     logs = [open(log_dir / f"job{i}.log", "w") for i in range(len(commands))]  # noqa: SIM115
@@ -121,46 +124,45 @@ def peak_memory(
         subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         for c, log in zip(commands, logs, strict=True)
     ]
-    best: tuple[int, ...] | None = None
+    best: dict | None = None
     while all(p.poll() is None for p in procs):
         try:
-            samples = [smaps_pss(p.pid, data_dir) for p in procs]
+            jobs = [smaps_pss(p.pid, data_file) for p in procs]
         except (OSError, StopIteration):  # a job ended between poll() and the read
             break
-        total, data_pss, data_rss = (sum(s[i] for s in samples) for i in range(3))
-        largest_rss = max(s[2] for s in samples)
-        if best is None or data_pss > best[1] or (data_pss == best[1] and total > best[0]):
-            best = (total, data_pss, largest_rss, max(s[0] for s in samples))
+        data = sum(j[1] for j in jobs) + smaps_pss(os.getpid(), data_file)[1]
+        if best is None or data > best["data"]:
+            best = {"data": data, "jobs": jobs}
         time.sleep(interval)
     for proc in procs:
         proc.wait()
     for log in logs:
         log.close()
-    bad = [i for i, p in enumerate(procs) if p.returncode]
-    if bad:
-        raise RuntimeError(f"memory jobs {bad} failed (logs in {log_dir})")
+    failed = [i for i, p in enumerate(procs) if p.returncode]
+    if failed:
+        raise RuntimeError(f"memory jobs {failed} failed (logs in {log_dir})")
     if best is None:
         raise RuntimeError("the jobs ended before their memory could be sampled")
-    total, data_pss, largest_rss, largest_job = best
     mb = 1 / 2**20
+    size = data_file.stat().st_size
     return {
         "jobs": len(commands),
-        "pss_total_mb": round(total * mb, 1),
-        "pss_largest_job_mb": round(largest_job * mb, 1),
-        "data_pss_total_mb": round(data_pss * mb, 1),
-        "data_resident_one_job_mb": round(largest_rss * mb, 1),
-        "data_copies": round(data_pss / largest_rss, 3) if largest_rss else None,
+        "pss_jobs_mb": round(sum(j[0] for j in best["jobs"]) * mb, 1),
+        "pss_largest_job_mb": round(max(j[0] for j in best["jobs"]) * mb, 1),
+        "data_file_mb": round(size * mb, 1),
+        "data_pss_mb": round(best["data"] * mb, 1),
+        "data_copies": round(best["data"] / size, 3),
     }
 
 
-def memory(base: Sequence[str], job: Sequence[str], jobs: int, data_dir: Path, out: Path) -> dict:
-    """PSS of one training job alone, then of `jobs` of the same job side by side."""
+def memory(base: Sequence[str], job: Sequence[str], jobs: int, data_file: Path, out: Path) -> dict:
+    """Memory of one training job alone, then of `jobs` of the same job side by side."""
     threads = max(1, available_cores() // jobs)
     command = train_command(*base, *job, f"threads={threads}", "trainer.enable_progress_bar=false")
-    one = peak_memory([[*command, f"hydra.run.dir={out / 'one'}"]], data_dir, out / "one")
+    one = peak_memory([[*command, f"hydra.run.dir={out / 'one'}"]], data_file, out / "one")
     many = peak_memory(
         [[*command, f"seed={i}", f"hydra.run.dir={out / f'many{i}'}"] for i in range(jobs)],
-        data_dir,
+        data_file,
         out / "many",
     )
     return {"job": " ".join(job), "one": one, "parallel": many}

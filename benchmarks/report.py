@@ -140,12 +140,12 @@ def _section_rows(name: str, s: dict) -> list[tuple[str, str]]:
         return [
             (
                 f"7. PSS, one job ({s['job']})",
-                f"{one['pss_total_mb']} MB, of which data {one['data_pss_total_mb']} MB",
+                f"{one['pss_jobs_mb']} MB; its training images ({one['data_file_mb']} MB) "
+                f"held {one['data_copies']} times",
             ),
             (
-                f"7. PSS, {many['jobs']} jobs side by side",
-                f"{many['pss_total_mb']} MB, of which "
-                f"data {many['data_pss_total_mb']} MB = {many['data_copies']} copies",
+                f"7. PSS, {many['jobs']} such jobs side by side",
+                f"{many['pss_jobs_mb']} MB; training images held {many['data_copies']} times",
             ),
         ]
     if name == "gpu":

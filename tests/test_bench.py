@@ -39,7 +39,13 @@ def test_every_section_runs_and_writes_json_and_markdown(bench_data, tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     sections = data["sections"]
     assert set(sections) == {
-        "pipeline", "per_batch", "flops", "time_to_accuracy", "sweep", "memory", "gpu"
+        "pipeline",
+        "per_batch",
+        "flops",
+        "time_to_accuracy",
+        "sweep",
+        "memory",
+        "gpu",
     }
     assert data["machine"]["cores"] >= 1 and data["machine"]["cpu"]
 
@@ -55,13 +61,15 @@ def test_every_section_runs_and_writes_json_and_markdown(bench_data, tmp_path):
     # The synthetic classes are easy: both loops reach 53% and the ratio is computed.
     tta = sections["time_to_accuracy"]
     assert tta["seeds_loop"]["reached"] and tta["cifar10_lab"]["reached"]
-    assert tta["ratio"] == pytest.approx(tta["cifar10_lab"]["time_s"] / tta["seeds_loop"]["time_s"],
-                                         rel=0.01)
+    assert tta["ratio"] == pytest.approx(
+        tta["cifar10_lab"]["time_s"] / tta["seeds_loop"]["time_s"], rel=0.01
+    )
     assert sections["sweep"]["sequential_s"] > 0 and sections["sweep"]["parallel_s"] > 0
     memory = sections["memory"]
-    assert memory["one"]["data_resident_one_job_mb"] > 0
-    # Two jobs map the same cached pages: far from the two copies private pages would make.
-    assert 0.5 < memory["parallel"]["data_copies"] < 1.5
+    assert memory["one"]["pss_jobs_mb"] > memory["one"]["data_file_mb"] > 0
+    # Every job reads every training image, sharing the cached pages: one copy, not two.
+    assert memory["one"]["data_copies"] == pytest.approx(1.0, abs=0.05)
+    assert memory["parallel"]["data_copies"] == pytest.approx(1.0, abs=0.05)
     if not torch.cuda.is_available():
         assert sections["gpu"] == {"skipped": "no GPU", "section_s": sections["gpu"]["section_s"]}
 
@@ -99,25 +107,23 @@ def _touch_and_wait(path, ready, done):
 
 def test_pss_counts_shared_file_pages_once(tmp_path):
     """What the memory section relies on: two processes reading one mapped file hold its
-    pages once (their PSS of it adds up to one copy)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    np.save(data / "images.npy", np.ones(4 << 20, np.uint8))  # 4 MiB
+    pages once (their PSS of it adds up to one copy of the file)."""
+    path = tmp_path / "images.npy"
+    np.save(path, np.ones(4 << 20, np.uint8))  # 4 MiB
     ctx = mp.get_context("fork")
     ready, done = [ctx.Event(), ctx.Event()], ctx.Event()
-    procs = [ctx.Process(target=_touch_and_wait, args=(data / "images.npy", r, done))
-             for r in ready]
+    procs = [ctx.Process(target=_touch_and_wait, args=(path, r, done)) for r in ready]
     for proc in procs:
         proc.start()
     try:
         assert all(r.wait(30) for r in ready)
-        samples = [smaps_pss(proc.pid, data) for proc in procs]
+        samples = [smaps_pss(proc.pid, path) for proc in procs]
     finally:
         done.set()
         for proc in procs:
             proc.join()
-    size = (data / "images.npy").stat().st_size
+    size = path.stat().st_size
     for total, _data_pss, data_rss in samples:
         assert data_rss == pytest.approx(size, rel=0.01) and total > data_rss
     assert sum(s[1] for s in samples) == pytest.approx(size, rel=0.01)
-    assert smaps_pss(os.getpid(), data)[1] == 0  # this process does not map it
+    assert smaps_pss(os.getpid(), path)[1] == 0  # this process does not map it
