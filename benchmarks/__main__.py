@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             write_json(out.with_suffix(".json"), results)
     table = markdown(results)
     out.with_suffix(".md").write_text(table)
-    print(table)
+    print(table, end="")
     return results
 
 

@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from benchmarks.common import build_net, compose_train, load_data
 from benchmarks.loops import evaluate, seeds_loader, seeds_steps
-from src.data import CIFAR10DataModule
 from src.run import set_threads
 from src.train import build_model, build_trainer
 
@@ -122,7 +121,6 @@ def lab_time_to_accuracy(
     target: float,
     eval_every: float,
     output_dir: Path,
-    dm: CIFAR10DataModule | None = None,
 ) -> dict:
     """cifar10-lab's recipe `recipe` (through its own Trainer) until the test accuracy reaches
     `target`. The test split serves as the validation split (data.val_from=test) so Lightning's
@@ -136,7 +134,7 @@ def lab_time_to_accuracy(
     cfg = compose_train(overrides, output_dir)
     L.seed_everything(cfg.seed, verbose=False)
     set_threads(cfg.threads)
-    dm = dm or load_data(cfg)
+    dm = load_data(cfg)
     model = build_model(cfg, dm)
     clock = TrainClock()
     stop = EarlyStopping("val/acc", mode="max", stopping_threshold=target, patience=10**9)
@@ -147,7 +145,6 @@ def lab_time_to_accuracy(
         val_check_interval=max(1, round(eval_every * batches)),
         check_val_every_n_epoch=None,  # every val_check_interval batches, across epochs
         enable_checkpointing=False,
-        enable_progress_bar=False,
     )
     trainer.fit(model, datamodule=dm)
     return {"recipe": " ".join(recipe), **summarize(clock.evals, target, len(dm.train_idx))}

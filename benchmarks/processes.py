@@ -115,8 +115,9 @@ def peak_memory(
     PSS (proportional set size) charges each shared page to the processes mapping it in equal
     parts, so the PSS of `data_file` summed over every process that maps it (the jobs, and this
     benchmark, which maps the same cache) is the memory its pages take: one copy when they are
-    shared, one per job when each job had its own. `data_copies` is that sum over the file's
-    size, at the sample where it is largest (every job has read the whole file by then).
+    shared, one per job when each job had its own. Reported at their peaks over the samples:
+    the jobs' summed PSS, the data file's pages resident in every job (each job has read all
+    of it), and the copies of it held (that summed data PSS over the file's size).
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     logs = [open(log_dir / f"job{i}.log", "w") for i in range(len(commands))]  # noqa: SIM115
@@ -124,15 +125,17 @@ def peak_memory(
         subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         for c, log in zip(commands, logs, strict=True)
     ]
-    best: dict | None = None
+    pss_jobs = largest_job = resident_in_each = data_pss = samples = 0
     while all(p.poll() is None for p in procs):
         try:
             jobs = [smaps_pss(p.pid, data_file) for p in procs]
         except (OSError, StopIteration):  # a job ended between poll() and the read
             break
-        data = sum(j[1] for j in jobs) + smaps_pss(os.getpid(), data_file)[1]
-        if best is None or data > best["data"]:
-            best = {"data": data, "jobs": jobs}
+        samples += 1
+        pss_jobs = max(pss_jobs, sum(j[0] for j in jobs))
+        largest_job = max(largest_job, *(j[0] for j in jobs))
+        resident_in_each = max(resident_in_each, min(j[2] for j in jobs))
+        data_pss = max(data_pss, sum(j[1] for j in jobs) + smaps_pss(os.getpid(), data_file)[1])
         time.sleep(interval)
     for proc in procs:
         proc.wait()
@@ -141,17 +144,18 @@ def peak_memory(
     failed = [i for i, p in enumerate(procs) if p.returncode]
     if failed:
         raise RuntimeError(f"memory jobs {failed} failed (logs in {log_dir})")
-    if best is None:
+    if not samples:
         raise RuntimeError("the jobs ended before their memory could be sampled")
     mb = 1 / 2**20
     size = data_file.stat().st_size
     return {
         "jobs": len(commands),
-        "pss_jobs_mb": round(sum(j[0] for j in best["jobs"]) * mb, 1),
-        "pss_largest_job_mb": round(max(j[0] for j in best["jobs"]) * mb, 1),
+        "pss_jobs_mb": round(pss_jobs * mb, 1),
+        "pss_largest_job_mb": round(largest_job * mb, 1),
         "data_file_mb": round(size * mb, 1),
-        "data_pss_mb": round(best["data"] * mb, 1),
-        "data_copies": round(best["data"] / size, 3),
+        "data_resident_in_each_job_mb": round(resident_in_each * mb, 1),
+        "data_pss_mb": round(data_pss * mb, 1),
+        "data_copies": round(data_pss / size, 3),
     }
 
 

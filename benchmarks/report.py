@@ -140,12 +140,14 @@ def _section_rows(name: str, s: dict) -> list[tuple[str, str]]:
         return [
             (
                 f"7. PSS, one job ({s['job']})",
-                f"{one['pss_jobs_mb']} MB; its training images ({one['data_file_mb']} MB) "
-                f"held {one['data_copies']} times",
+                f"{one['pss_jobs_mb']} MB; training images ({one['data_file_mb']} MB) resident "
+                f"in the job: {one['data_resident_in_each_job_mb']} MB, held "
+                f"{one['data_copies']} times",
             ),
             (
                 f"7. PSS, {many['jobs']} such jobs side by side",
-                f"{many['pss_jobs_mb']} MB; training images held {many['data_copies']} times",
+                f"{many['pss_jobs_mb']} MB; training images resident in each job: "
+                f"{many['data_resident_in_each_job_mb']} MB, held {many['data_copies']} times",
             ),
         ]
     if name == "gpu":

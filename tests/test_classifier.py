@@ -13,12 +13,11 @@ from src.models.convnet import ConvNet
 
 class StepRecorder(L.Callback):
     def __init__(self):
-        self.losses, self.sizes, self.correct = [], [], 0
+        self.losses, self.sizes = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        images, labels = batch
         self.losses.append(float(outputs["loss"]))
-        self.sizes.append(len(labels))
+        self.sizes.append(len(batch[1]))
 
 
 def test_train_loss_and_accuracy_are_the_epoch_means_weighted_by_batch_size():
@@ -37,11 +36,12 @@ def test_train_loss_and_accuracy_are_the_epoch_means_weighted_by_batch_size():
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
+        limit_val_batches=0,
         callbacks=[recorder],
     )
     # Batches of 5, 5 and 3: an unweighted mean of the three losses would differ.
     trainer.fit(model, DataLoader(TensorDataset(images, labels), batch_size=5))
-    weighted = sum(l * n for l, n in zip(recorder.losses, recorder.sizes, strict=True)) / 13
+    weighted = sum(x * n for x, n in zip(recorder.losses, recorder.sizes, strict=True)) / 13
     assert recorder.sizes == [5, 5, 3]
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(weighted, rel=1e-5)
     with torch.no_grad():
