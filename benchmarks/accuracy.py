@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.trainer.states import TrainerFn
 
 from benchmarks.common import build_net, compose_train, load_data
 from benchmarks.loops import evaluate, seeds_loader, seeds_steps
@@ -56,9 +57,12 @@ class TrainClock(L.Callback):
         self.images += len(batch[1])
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
         acc = float(trainer.callback_metrics["val/acc"])
         self.evals.append((self.seconds, acc, self.images))
-        if trainer.training:
+        # Validation inside fit: training resumes (trainer.training is still False here).
+        if trainer.state.fn == TrainerFn.FITTING:
             self._start()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

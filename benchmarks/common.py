@@ -56,12 +56,14 @@ class Scale:
 
 FULL = Scale(
     name="full",
-    warmup=30,
-    batches={4: 1500, 64: 200, 256: 60},
-    rounds=3,
-    eval_every=0.2,
-    seeds_max_epochs=4,
-    flops_batches=12,
+    warmup=20,
+    # Short windows, many rounds: on a shared machine a short window is more likely to catch
+    # a quiet moment, and the best round is the least disturbed.
+    batches={4: 400, 64: 60, 256: 16},
+    rounds=5,
+    eval_every=0.1,
+    seeds_max_epochs=3,
+    flops_batches=8,
     matmul_size=2048,
     pipeline_seconds=1.0,
     sweep_jobs=4,

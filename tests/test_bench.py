@@ -10,12 +10,15 @@ import json
 import mmap
 import multiprocessing as mp
 import os
+import time
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.accuracy import summarize
+from benchmarks.accuracy import TrainClock, summarize
 from benchmarks.processes import smaps_pss
 from tests.conftest import make_folder_tree, run_cli
 
@@ -139,3 +142,44 @@ def test_pss_counts_shared_file_pages_once(tmp_path):
         assert data_rss == pytest.approx(size, rel=0.01) and total > data_rss
     assert sum(s[1] for s in samples) == pytest.approx(size, rel=0.01)
     assert smaps_pss(os.getpid(), path)[1] == 0  # this process does not map it
+
+
+class Sleeper(L.LightningModule):
+    """Training steps of 10 ms, validations of 100 ms: a clock to check TrainClock against."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(0.01)
+        return (self.weight - 1).pow(2).sum()
+
+    def validation_step(self, batch, batch_idx):
+        time.sleep(0.1)
+        self.log("val/acc", float(batch_idx))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_train_clock_counts_training_and_stops_for_validation():
+    clock = TrainClock()
+    loader = DataLoader(TensorDataset(torch.zeros(20, 1), torch.zeros(20)), batch_size=1)
+    trainer = L.Trainer(
+        max_epochs=2,
+        val_check_interval=5,  # four validations per epoch, mid-epoch and at its end
+        limit_val_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[clock],
+    )
+    trainer.fit(Sleeper(), loader, loader)
+    assert len(clock.evals) == 8
+    assert [images for _, _, images in clock.evals] == [5, 10, 15, 20, 25, 30, 35, 40]
+    # 40 steps of 10 ms: at least 0.4 s, far from the 1.6 s the validations slept.
+    assert 0.4 <= clock.seconds < 1.0
+    times = [seconds for seconds, _, _ in clock.evals]
+    assert times == sorted(times) and times[-1] == pytest.approx(clock.seconds, abs=0.1)
