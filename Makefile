@@ -14,7 +14,7 @@ DATA_ARGS ?= data.source=folder data.root=$(LOCAL_DATA)
 DATA_DEP := $(LOCAL_DATA)/.unpacked
 endif
 
-.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce
+.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce bench
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,15 @@ test: install
 
 test-all: install $(DATA_DEP)
 	$(PY) -m pytest -m "slow or not slow"
+
+# Speed against the seeds' loop and the machine's limit (README, "Speed"): about 15 minutes on
+# 2 CPU cores; writes benchmarks/results/<cpu|gpu>.json and .md. Options go in ARGS.
+bench: $(VENV)/.installed-bench $(DATA_DEP)
+	$(PY) -m benchmarks $(DATA_ARGS) $(ARGS)
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -e '.[dev,bench]'
+	touch $@
 
 lint: install
 	$(VENV)/bin/ruff check .

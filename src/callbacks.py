@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 class EpochSeed(L.Callback):
@@ -41,3 +44,29 @@ class EpochSeed(L.Callback):
         if "cuda" in self._resumed_rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(self._resumed_rng["cuda"])
         self._resumed_rng = None
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, redrawn at most `per_second` times a second.
+
+    Lightning's own redraws the training bar and re-reads every logged metric after every
+    batch; for the tutorial net at batch 4 that took longer than the training step itself
+    (benchmarks, README "Speed").
+    """
+
+    def __init__(self, per_second: float = 4.0):
+        super().__init__(refresh_rate=max(1, math.ceil(per_second)))
+        self.interval = 1.0 / per_second
+        self._drawn = -math.inf
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        now = time.monotonic()
+        if now - self._drawn >= self.interval or batch_idx + 1 >= trainer.num_training_batches:
+            self._drawn = now
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def progress_bar(enabled: bool, per_second: float = 4.0) -> ProgressBar | None:
+    """The progress bar, or None when trainer.enable_progress_bar is off (Lightning refuses a
+    progress bar callback then)."""
+    return ProgressBar(per_second) if enabled else None

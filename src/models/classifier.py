@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 
@@ -45,7 +46,13 @@ class Classifier(L.LightningModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         n = len(self.class_names)
-        self.train_acc = MulticlassAccuracy(n, average="micro")
+        # Training metrics are updated every step, so they skip torchmetrics' input checks
+        # (predictions come from argmax, labels from the data module) and the loss is averaged
+        # here rather than by self.log: on the CPU, those cost more than a whole batch-4 step
+        # of the tutorial net (benchmarks, README "Speed"). No NaN check either (it reads the
+        # value back, a device sync per step on a GPU): a NaN loss shows as a NaN mean.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc = MulticlassAccuracy(n, average="micro")
         self.val_confusion = MulticlassConfusionMatrix(n)
@@ -62,40 +69,50 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor, Tensor]:
+    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss of each image, predictions, labels)."""
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        losses = F.cross_entropy(
+            logits, labels, label_smoothing=self.hparams.label_smoothing, reduction="none"
+        )
+        return losses, logits.argmax(1), labels
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        losses, preds, labels = self._step(batch)
         self.log(
             f"{stage}/loss",
-            loss,
+            losses.mean(),
             on_step=False,
             on_epoch=True,
             sync_dist=True,  # reduced once at epoch end, not every step
             batch_size=len(labels),
-            prog_bar=stage != "train",
+            prog_bar=True,
         )
-        return loss, logits.argmax(1), labels
+        return preds, labels
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss, preds, labels = self._step(batch, "train")
+        losses, preds, labels = self._step(batch)
+        self.train_loss.update(losses.detach())  # the epoch's mean over images
         self.train_acc.update(preds, labels)
-        return loss
+        return losses.mean()
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        _, preds, labels = self._step(batch, "val")
+        preds, labels = self._eval_step(batch, "val")
         self.val_acc.update(preds, labels)
         self.val_confusion.update(preds, labels)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        _, preds, labels = self._step(batch, "test")
+        preds, labels = self._eval_step(batch, "test")
         self.test_acc.update(preds, labels)
         self.test_confusion.update(preds, labels)
 
     # Accuracies are computed at epoch end rather than logged as metric objects, so they are
     # logged in percent, and per class, in one place.
     def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss.compute(), sync_dist=True)
         self.log("train/acc", self.train_acc.compute() * 100, sync_dist=True)
+        self.train_loss.reset()
         self.train_acc.reset()
 
     def on_validation_epoch_end(self) -> None:

@@ -1,0 +1,256 @@
+"""Speed, measured: `python -m benchmarks [options] [train overrides]` (`make bench` runs it).
+
+Every section runs in this one command on this one machine, so the ratios the targets speak of
+compare measurements taken side by side. Writes <out>.json and <out>.md and prints the table.
+
+    python -m benchmarks data.source=folder data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg
+    python -m benchmarks --sections per_batch,flops --out /tmp/bench ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks import accuracy, compute, gpu, processes
+from benchmarks.common import (
+    FULL,
+    QUICK,
+    VGG_LIKE,
+    Scale,
+    best_of,
+    build_net,
+    compose_train,
+    load_data,
+    machine_info,
+    step_times,
+    train_flops_per_image,
+)
+from benchmarks.loops import (
+    SEED_RECIPE,
+    lab_step_time,
+    memory_loader,
+    plain_steps,
+    seeds_loader,
+    seeds_steps,
+)
+from benchmarks.report import markdown, targets
+from src.data import CIFAR10DataModule
+from src.errors import ConfigError, UserError
+from src.run import set_threads, write_json
+
+log = logging.getLogger("benchmarks")
+
+SECTIONS = ("pipeline", "per_batch", "flops", "time_to_accuracy", "sweep", "memory", "gpu")
+# cifar10-lab's fastest recipe for the tutorial net to the target (conf/experiment/).
+FAST_RECIPE = ("experiment=tutorial_fast",)
+# The VGG-like net of seed 002 as overrides of the model config.
+VGG_OVERRIDES = (
+    "model.name=vgg_like",
+    *(f"model.net.{k}={v}".replace(" ", "").replace("'", "") for k, v in VGG_LIKE.items()),
+)
+
+
+class Bench:
+    """The sections, sharing one data module and one scratch folder."""
+
+    def __init__(self, base: list[str], scale: Scale, scratch: Path, target: float):
+        self.base, self.scale, self.scratch, self.target = base, scale, scratch, target
+        cfg = compose_train([*base, *SEED_RECIPE], scratch / "cfg")
+        self.cfg = cfg
+        self.threads = set_threads(cfg.threads)
+        self.dm: CIFAR10DataModule = load_data(cfg)  # builds the cache the first time: untimed
+        self.results: dict = {}
+
+    def lab(self, batch: int, timed: int, *extra: str) -> float:
+        overrides = [*self.base, *SEED_RECIPE, f"data.batch_size={batch}", *extra]
+        return lab_step_time(overrides, self.scale.warmup, timed, self.scratch / "lab")
+
+    def plain(self, batch: int, timed: int) -> float:
+        net = build_net(self.cfg, self.dm.num_classes)
+        return step_times(plain_steps(net, memory_loader(self.dm, batch)), self.scale.warmup, timed)
+
+    def seeds(self, batch: int, timed: int) -> float:
+        net = build_net(self.cfg, self.dm.num_classes)
+        steps = seeds_steps(net, seeds_loader(self.cfg, batch))
+        return step_times(steps, self.scale.warmup, timed)
+
+    # -- sections ----------------------------------------------------------------------------
+
+    def pipeline(self) -> dict:
+        return compute.pipeline_rates(
+            self.dm, (4, 256), self.scale.pipeline_seconds, self.scale.rounds
+        )
+
+    def per_batch(self) -> dict:
+        """Items 2 and 3: ms per batch of the three loops (the seeds' loop at batch 4 only)."""
+        out = {}
+        for batch, timed in self.scale.batches.items():
+            measures: dict[str, Callable[[], float]] = {
+                "plain_ms": lambda b=batch, t=timed: self.plain(b, t),
+                "cifar10_lab_ms": lambda b=batch, t=timed: self.lab(b, t),
+            }
+            if batch == 4:
+                measures["seeds_loop_ms"] = lambda t=timed: self.seeds(4, t)
+            values = best_of(self.scale.rounds, *measures.values())
+            row = {k: round(v * 1e3, 3) for k, v in zip(measures, values, strict=True)}
+            row["overhead"] = round(row["cifar10_lab_ms"] / row["plain_ms"] - 1, 3)
+            out[f"batch {batch}"] = row
+            log.info("batch %d: %s", batch, row)
+        return out
+
+    def flops(self) -> dict:
+        """Item 4: achieved training FLOP/s against the fp32 matrix-multiply peak."""
+        peak = compute.matmul_peak(self.scale.matmul_size)
+        out: dict = {"matmul_peak_gflops": round(peak / 1e9, 1)}
+        nets = {
+            "tutorial": (256, (), {}),
+            "vgg_like": (64, VGG_OVERRIDES, VGG_LIKE),
+        }
+        for name, (batch, overrides, net_args) in nets.items():
+            per_image = train_flops_per_image(build_net(self.cfg, self.dm.num_classes, **net_args))
+            (seconds,) = best_of(
+                self.scale.rounds,
+                lambda b=batch, o=overrides: self.lab(b, self.scale.flops_batches, *o),
+            )
+            achieved = per_image * batch / seconds
+            out[name] = {
+                "batch": batch,
+                "mflop_per_image": round(per_image / 1e6, 2),
+                "ms_per_batch": round(seconds * 1e3, 2),
+                "gflops": round(achieved / 1e9, 1),
+                "epoch_s": round(seconds * 50_000 / batch, 2),
+                "floor_epoch_s": round(per_image * 50_000 / peak, 2),
+                "times_floor": round(peak / achieved, 2),
+            }
+            log.info("%s: %s", name, out[name])
+        return out
+
+    def time_to_accuracy(self) -> dict:
+        """Item 1: time to the target test accuracy, the seeds' loop against cifar10-lab's."""
+        lab = accuracy.lab_time_to_accuracy(
+            self.base, FAST_RECIPE, self.target, self.scale.eval_every, self.scratch / "tta"
+        )
+        log.info("cifar10-lab: %s", {k: v for k, v in lab.items() if k != "curve"})
+        seeds = accuracy.seeds_time_to_accuracy(
+            self.base,
+            self.target,
+            self.scale.eval_every,
+            self.scale.seeds_max_epochs,
+            self.scratch / "tta",
+        )
+        log.info("seeds' loop: %s", {k: v for k, v in seeds.items() if k != "curve"})
+        ratio = lab["time_s"] / seeds["time_s"] if lab["reached"] and seeds["reached"] else None
+        return {
+            "target_acc": self.target,
+            "seeds_loop": seeds,
+            "cifar10_lab": lab,
+            "ratio": round(ratio, 4) if ratio is not None else None,
+        }
+
+    def sweep(self) -> dict:
+        """Item 6: a sweep in parallel against one job at a time."""
+        return processes.sweep(
+            self.base, self.scale.sweep_overrides, self.scale.sweep_jobs, 2, self.scratch / "sweep"
+        )
+
+    def memory(self) -> dict:
+        """Item 7: PSS of one job and of N jobs side by side; the data set's pages held once?"""
+        return processes.memory(
+            self.base,
+            self.scale.memory_overrides,
+            self.scale.memory_jobs,
+            self.dm.data.path / "train_images.npy",
+            self.scratch / "memory",
+        )
+
+    def gpu(self) -> dict:
+        """Item 8: images per second on a GPU (skipped without one)."""
+        nets = {"tutorial": (), "vgg_like": VGG_OVERRIDES}
+        base = [o for o in self.base if not o.startswith("trainer.accelerator")]
+        return gpu.gpu_rates(
+            base, nets, self.scale.warmup, self.scale.batches[256], self.scratch / "gpu"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time to accuracy and per-batch speed against the seeds' loop and the "
+        "machine's limit. Extra arguments are train overrides (data.source=..., data.root=...).",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny counts (for tests), not speed")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write OUT.json and OUT.md (default: benchmarks/results/<cpu|gpu>)",
+    )
+    parser.add_argument("--target", type=float, default=53.0, help="test accuracy %% to reach")
+    parser.add_argument("overrides", nargs="*", help="train overrides, e.g. data.root=PATH")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict:
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown benchmark sections {unknown}: choose from {list(SECTIONS)}")
+    out = args.out or Path(__file__).parent / "results" / (
+        "gpu" if torch.cuda.is_available() else "cpu"
+    )
+    scale = QUICK if args.quick else FULL
+    # CPU sections compare CPU loops; the gpu section picks its own accelerator.
+    base = [*args.overrides, "trainer.accelerator=cpu"]
+    results: dict = {
+        "command": shlex.join(["python", "-m", "benchmarks", *argv]),
+        "machine": machine_info(),
+        "scale": scale.name,
+        "sections": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="cifar10-lab-bench-") as scratch:
+        bench = Bench(base, scale, Path(scratch), args.target)
+        results["machine"]["torch_threads"] = bench.threads
+        for name in sections:
+            start = time.perf_counter()
+            log.info("section %s", name)
+            results["sections"][name] = getattr(bench, name)()
+            results["sections"][name]["section_s"] = round(time.perf_counter() - start, 1)
+            results["targets"] = targets(results["sections"])
+            write_json(out.with_suffix(".json"), results)
+    table = markdown(results)
+    out.with_suffix(".md").write_text(table)
+    print(table, end="")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run(parse_args(argv), argv)
+    except UserError as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The three training loops compared: the seeds' loop, a plain loop, and cifar10-lab itself.
+
+The seeds' loop and the plain loop are generators that yield after every optimizer step, so one
+clock (`common.step_times`) or an accuracy probe can drive them. cifar10-lab runs through its
+own Lightning Trainer, with a callback that reads the clock after every batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from benchmarks.common import compose_train, load_data
+from src.data import CIFAR10DataModule
+from src.data.loader import EpochShuffle, TensorBatchLoader
+from src.run import set_threads
+from src.train import build_model, build_trainer
+
+# The seed recipe (the PyTorch tutorial): SGD 0.001 with momentum 0.9, constant, no decay.
+SEED_RECIPE = (
+    "optimizer=sgd",
+    "optimizer.lr=0.001",
+    "optimizer.momentum=0.9",
+    "optimizer.weight_decay=0",
+    "scheduler=none",
+    "data.augment=none",
+    "data.normalize=seed",
+)
+
+
+def seeds_loader(cfg: DictConfig, batch_size: int = 4, workers: int = 2) -> DataLoader:
+    """The tutorial's input pipeline: a torchvision image data set decoded and transformed per
+    sample (ToTensor, Normalize 0.5/0.5) by a DataLoader with 2 worker processes."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    )
+    root = Path(cfg.data.root).expanduser()
+    if cfg.data.source == "folder":
+        dataset = datasets.ImageFolder(str(root / "train"), transform=transform)
+    else:
+        dataset = datasets.CIFAR10(str(root), train=True, download=False, transform=transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+
+
+def seeds_steps(net: nn.Module, loader: DataLoader, epochs: int = 1) -> Iterator[None]:
+    """The tutorial's training loop, step for step (running loss read with .item() included)."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(epochs):
+        running_loss = 0.0
+        for inputs, labels in loader:
+            optimizer.zero_grad()
+            loss = criterion(net(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            yield
+
+
+def memory_loader(dm: CIFAR10DataModule, batch_size: int, seed: int = 0) -> TensorBatchLoader:
+    """cifar10-lab's training batches: uint8 views indexed from the whole-split tensors."""
+    sampler = EpochShuffle(dm.train_idx, shuffle=True, seed=seed)
+    return TensorBatchLoader(dm.train_images, dm.train_labels, sampler, batch_size)
+
+
+def plain_steps(
+    net: nn.Module,
+    loader: TensorBatchLoader,
+    epochs: int = 1,
+    lr: float = 0.001,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+) -> Iterator[None]:
+    """A plain PyTorch loop over cifar10-lab's in-memory batches: the ceiling for any framework."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    net.train()
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        for images, labels in loader:
+            x = (images.float().div_(255) - mean_t) / std_t
+            loss = F.cross_entropy(net(x), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            yield
+
+
+class BatchClock(L.Callback):
+    """Seconds per training batch after the first `warmup` batches (to the epoch's last batch).
+
+    The clock is read at two batch ends only; on a GPU it waits for the device there, so the
+    batches between keep overlapping host and device work as in a real run.
+    """
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start: float | None = None
+        self.per_batch: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        last = batch_idx + 1 == trainer.num_training_batches
+        if batch_idx + 1 != self.warmup and not last:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        now = time.perf_counter()
+        if batch_idx + 1 == self.warmup:
+            self.start = now
+        elif self.start is not None:
+            self.per_batch = (now - self.start) / (batch_idx + 1 - self.warmup)
+
+
+def lab_step_time(overrides: Sequence[str], warmup: int, timed: int, output_dir: Path) -> float:
+    """Seconds per training batch of `python -m src.train <overrides>` (cifar10-lab itself).
+
+    The run is the user's run (its config, callbacks, logger and progress bar), cut to
+    warmup + timed batches; validation and checkpoints fall outside the timed batches, so
+    they are switched off.
+    """
+    cfg = compose_train(
+        [*overrides, "trainer.max_epochs=1", "~callbacks.model_checkpoint"], output_dir
+    )
+    L.seed_everything(cfg.seed, verbose=False)
+    set_threads(cfg.threads)
+    dm = load_data(cfg)
+    model = build_model(cfg, dm)
+    clock = BatchClock(warmup)
+    trainer = build_trainer(
+        cfg,
+        [clock],
+        limit_train_batches=warmup + timed,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    if clock.per_batch is None:
+        raise ValueError(f"fewer than {warmup} + {timed} training batches in one epoch")
+    return clock.per_batch
+
+
+def evaluate(net: nn.Module, images: Tensor, labels: Tensor, mean, std, batch: int = 1000) -> float:
+    """Test accuracy in percent, the way cifar10-lab's Classifier normalises inputs."""
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    was_training = net.training
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(labels), batch):
+            x = images[start : start + batch].permute(0, 3, 1, 2).float().div_(255)
+            logits = net((x - mean_t) / std_t)
+            correct += int((logits.argmax(1) == labels[start : start + batch]).sum())
+    net.train(was_training)
+    return 100 * correct / len(labels)

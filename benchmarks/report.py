@@ -1,0 +1,185 @@
+"""The targets (issue 7) checked against the results, and the Markdown table the README quotes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    section: str
+    value: Callable[[dict], float | None]  # from the section's results
+    limit: float  # met when value <= limit
+
+
+TARGETS = (
+    Target(
+        "time to target accuracy, cifar10-lab / seeds' loop",
+        "time_to_accuracy",
+        lambda s: s["ratio"],
+        0.10,
+    ),
+    Target(
+        "faithful seed recipe (batch 4), cifar10-lab / plain loop per batch",
+        "per_batch",
+        lambda s: 1 + s["batch 4"]["overhead"],
+        1.15,
+    ),
+    Target(
+        "Lightning overhead over the plain loop, batch 64",
+        "per_batch",
+        lambda s: s["batch 64"]["overhead"],
+        0.10,
+    ),
+    Target(
+        "Lightning overhead over the plain loop, batch 256",
+        "per_batch",
+        lambda s: s["batch 256"]["overhead"],
+        0.10,
+    ),
+    Target(
+        "tutorial net at batch 256, epoch time / matmul floor",
+        "flops",
+        lambda s: s["tutorial"]["times_floor"],
+        3.0,
+    ),
+    Target("sweep, 2 parallel jobs / one at a time", "sweep", lambda s: s["ratio"], 0.75),
+    # Private copies would read 2.0 (one per job); shared pages read 1.0.
+    Target(
+        "parallel jobs, copies of the data set's pages held",
+        "memory",
+        lambda s: s["parallel"]["data_copies"],
+        1.05,
+    ),
+)
+
+
+def targets(sections: dict) -> list[dict]:
+    """Each target whose section ran: its measured value, limit, and whether it is met."""
+    rows = []
+    for target in TARGETS:
+        if target.section not in sections:
+            continue
+        value = target.value(sections[target.section])
+        rows.append(
+            {
+                "target": target.text,
+                "value": value,
+                "limit": target.limit,
+                "met": value is not None and value <= target.limit,
+            }
+        )
+    return rows
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms"
+
+
+def _section_rows(name: str, s: dict) -> list[tuple[str, str]]:
+    if name == "time_to_accuracy":
+        rows = []
+        for who, label in (("seeds_loop", "seeds' loop"), ("cifar10_lab", "cifar10-lab")):
+            r = s[who]
+            when = (
+                f"{r['time_s']:.1f} s ({r['epochs']} epochs, {r['accuracy']}%)"
+                if r["reached"]
+                else f"not reached (best {r['accuracy']}% at {r['epochs']} epochs)"
+            )
+            rows.append((f"1. time to {s['target_acc']:g}%, {label}: {r['recipe']}", when))
+        return rows
+    if name == "per_batch":
+        rows = []
+        for batch, r in s.items():
+            if not batch.startswith("batch"):
+                continue
+            if "seeds_loop_ms" in r:
+                rows.append((f"2. {batch}: seeds' loop", _ms(r["seeds_loop_ms"])))
+            rows.append((f"2-3. {batch}: plain loop", _ms(r["plain_ms"])))
+            rows.append(
+                (f"2-3. {batch}: cifar10-lab", f"{_ms(r['cifar10_lab_ms'])} ({r['overhead']:+.1%})")
+            )
+        return rows
+    if name == "flops":
+        rows = [("4. fp32 matmul peak", f"{s['matmul_peak_gflops']} GFLOP/s")]
+        for net in ("tutorial", "vgg_like"):
+            r = s[net]
+            rows.append(
+                (
+                    f"4. {net} net, batch {r['batch']} ({r['mflop_per_image']} MFLOP/image)",
+                    f"{r['gflops']} GFLOP/s; epoch {r['epoch_s']} s = {r['times_floor']}x "
+                    f"the floor ({r['floor_epoch_s']} s)",
+                )
+            )
+        return rows
+    if name == "pipeline":
+        rows = []
+        for batch, presets in s.items():
+            if not batch.startswith("batch"):
+                continue
+            for preset, r in presets.items():
+                kornia = f"; kornia {r['kornia']:.0f}" if "kornia" in r else ""
+                rows.append(
+                    (f"5. data pipeline, {batch}, {preset}", f"{r['ours']:.0f} batches/s{kornia}")
+                )
+        if isinstance(s.get("kornia"), str):
+            rows.append(("5. kornia", s["kornia"]))
+        return rows
+    if name == "sweep":
+        return [
+            (
+                f"6. sweep of {s['jobs']} jobs ({s['job']}): one at a time / {s['parallel']} "
+                "in parallel",
+                f"{s['sequential_s']} s / {s['parallel_s']} s (x{s['ratio']})",
+            )
+        ]
+    if name == "memory":
+        one, many = s["one"], s["parallel"]
+        return [
+            (
+                f"7. PSS, one job ({s['job']})",
+                f"{one['pss_jobs_mb']} MB; training images ({one['data_file_mb']} MB) resident "
+                f"in the job: {one['data_resident_in_each_job_mb']} MB, held "
+                f"{one['data_copies']} times",
+            ),
+            (
+                f"7. PSS, {many['jobs']} such jobs side by side",
+                f"{many['pss_jobs_mb']} MB; training images resident in each job: "
+                f"{many['data_resident_in_each_job_mb']} MB, held {many['data_copies']} times",
+            ),
+        ]
+    if name == "gpu":
+        if "skipped" in s:
+            return [("8. GPU", f"skipped: {s['skipped']}")]
+        return [
+            (f"8. {s['device']}: {key}", f"{value} images/s")
+            for key, value in s.items()
+            if key not in ("device", "section_s")
+        ]
+    return []
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    hardware = f"{m['cpu']}, {m['cores']} cores, " + (f"GPU {m['gpu']}" if m["gpu"] else "no GPU")
+    lines = [
+        f"# Speed: {hardware}",
+        "",
+        f"`{results['command']}` (torch {m['torch']}, {m['torch_threads']} threads, "
+        f"{results['scale']} scale)",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    for name, section in results["sections"].items():
+        lines += [f"| {what} | {value} |" for what, value in _section_rows(name, section)]
+    if results.get("targets"):
+        lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
+        for t in results["targets"]:
+            value = "-" if t["value"] is None else f"{t['value']:.3g}"
+            lines.append(
+                f"| {t['target']} | {value} | <= {t['limit']:g} | {'yes' if t['met'] else 'NO'} |"
+            )
+    return "\n".join(lines) + "\n"
