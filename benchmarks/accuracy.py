@@ -134,6 +134,7 @@ def lab_time_to_accuracy(
         *recipe,
         "data.val_from=test",
         "~callbacks.model_checkpoint",  # checkpoints are not training
+        "~callbacks.resume_checkpoint",
     ]
     cfg = compose_train(overrides, output_dir)
     L.seed_everything(cfg.seed, verbose=False)

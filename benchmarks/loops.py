@@ -130,7 +130,13 @@ def lab_step_time(overrides: Sequence[str], warmup: int, timed: int, output_dir:
     they are switched off.
     """
     cfg = compose_train(
-        [*overrides, "trainer.max_epochs=1", "~callbacks.model_checkpoint"], output_dir
+        [
+            *overrides,
+            "trainer.max_epochs=1",
+            "~callbacks.model_checkpoint",
+            "~callbacks.resume_checkpoint",
+        ],
+        output_dir,
     )
     L.seed_everything(cfg.seed, verbose=False)
     set_threads(cfg.threads)
