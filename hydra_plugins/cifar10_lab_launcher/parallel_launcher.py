@@ -369,6 +369,8 @@ class ParallelLauncher(Launcher):
                     self._collect(job)
                     free.append(job.slot)
         except KeyboardInterrupt as err:
+            # Every started job not yet collected: one may be between its start and `running`.
+            running = [j for j in jobs if j.process is not None and "status" not in j.result]
             log.warning("%s: stopping %d running jobs", err or "Ctrl-C", len(running))
             self._stop(running)
             log.warning(
