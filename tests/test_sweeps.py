@@ -124,6 +124,7 @@ def test_an_interrupted_sweep_relaunched_runs_only_what_did_not_finish(folder_da
     assert not jobs["c1=3"].get("skipped") and not jobs["c1=4"].get("skipped")
 
 
+@pytest.mark.slow
 def test_a_relaunch_continues_an_unfinished_job_from_its_checkpoint(folder_data, tmp_path):
     args = sweep_args(tmp_path, folder_data, "model.c1=2,3", "scheduler=none")
     assert run_cli("src.train", *args).returncode == 0
