@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -24,16 +25,9 @@ from src.data import CIFAR10DataModule
 from src.run import available_cores
 
 # The configs that go with the `src` imported (another checkout's, to compare before and after).
-CONF = Path(src.__file__).resolve().parents[1] / "conf"
+log = logging.getLogger(__name__)
 
-# Seed 002's model 3 (docs seed-models.md): three blocks of two 3x3 convs, then 4096-1024-512.
-VGG_LIKE = {
-    "channels": [32, 64, 128, 128, 256, 256],
-    "kernel_size": 3,
-    "padding": 1,
-    "pool": [False, True, False, True, False, True],
-    "hidden": [1024, 512],
-}
+CONF = Path(src.__file__).resolve().parents[1] / "conf"
 
 
 @dataclass
@@ -53,6 +47,7 @@ class Scale:
     sweep_overrides: tuple[str, ...]  # one sweep job's settings
     memory_jobs: int
     memory_overrides: tuple[str, ...]  # the job whose memory is measured
+    quiet_wait: float  # seconds to wait for other processes to go quiet before each measure
 
 
 FULL = Scale(
@@ -71,6 +66,7 @@ FULL = Scale(
     sweep_overrides=("data.batch_size=64", "trainer.max_epochs=1"),
     memory_jobs=2,
     memory_overrides=("data.batch_size=256", "trainer.max_epochs=2"),
+    quiet_wait=10.0,
 )
 
 QUICK = Scale(
@@ -87,6 +83,7 @@ QUICK = Scale(
     sweep_overrides=("data.batch_size=16", "trainer.max_epochs=1"),
     memory_jobs=2,
     memory_overrides=("data.batch_size=16", "trainer.max_epochs=1"),
+    quiet_wait=0.0,
 )
 
 
@@ -115,10 +112,8 @@ def load_data(cfg: DictConfig) -> CIFAR10DataModule:
     return dm
 
 
-def build_net(cfg: DictConfig, num_classes: int, **net: object) -> nn.Module:
-    """The configured network (`net` replaces its arguments, e.g. VGG_LIKE)."""
-    if net:
-        return instantiate({"_target_": cfg.model.net._target_, **net}, num_classes=num_classes)
+def build_net(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The network of `cfg` (freshly initialised)."""
     return instantiate(cfg.model.net, num_classes=num_classes)
 
 
@@ -147,15 +142,51 @@ def step_times(steps: Iterable[object], warmup: int, timed: int) -> float:
     return (time.perf_counter() - start) / timed
 
 
-def best_of(rounds: int, *measures: Callable[[], float]) -> list[float]:
+def others_cpu(interval: float = 0.25) -> float:
+    """Cores' worth of CPU that other processes used over the next `interval` seconds."""
+
+    def busy() -> float:  # seconds of CPU used on the whole machine since boot
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def own() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    busy0, own0 = busy(), own()
+    time.sleep(interval)
+    return max(0.0, (busy() - busy0) - (own() - own0)) / interval
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.5) -> bool:
+    """Wait (up to max_wait seconds) until other processes use less than `threshold` of a core.
+
+    On a machine shared with other jobs, two torch threads slow down many times over whenever
+    another process takes a core; measuring in quiet moments keeps that out of the numbers.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        if others_cpu() < threshold:
+            return True
+        if time.monotonic() >= deadline:
+            log.info("the machine stayed busy for %.0f s; measuring anyway", max_wait)
+            return False
+        time.sleep(0.5)
+
+
+def best_of(rounds: int, *measures: Callable[[], float], quiet_wait: float = 0.0) -> list[float]:
     """Run the measures in turn, `rounds` times; the best (lowest) value of each.
 
     Interleaving keeps slow drifts of a shared machine from favouring one measure; the minimum
-    is the least disturbed of the rounds.
+    is the least disturbed of the rounds. Each measure waits for a quiet machine first (up to
+    `quiet_wait` seconds).
     """
     results: list[list[float]] = [[] for _ in measures]
     for _ in range(rounds):
         for values, measure in zip(results, measures, strict=True):
+            if quiet_wait:
+                wait_for_quiet(quiet_wait)
             values.append(measure())
     return [min(values) for values in results]
 

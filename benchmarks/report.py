@@ -168,7 +168,8 @@ def markdown(results: dict) -> str:
         f"# Speed: {hardware}",
         "",
         f"`{results['command']}` (torch {m['torch']}, {m['torch_threads']} threads, "
-        f"{results['scale']} scale)",
+        f"{results['scale']} scale; load average {m['load_average_at_start'][0]:.1f} at the "
+        f"start, {m.get('load_average_at_end', [float('nan')])[0]:.1f} at the end)",
         "",
         "| measure | value |",
         "|---|---|",
