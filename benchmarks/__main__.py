@@ -179,7 +179,7 @@ class Bench:
         """Item 6: a sweep in parallel against one job at a time."""
         self.wait()
         return processes.sweep(
-            self.base, self.scale.sweep_overrides, self.scale.sweep_jobs, 2, self.scratch / "sweep"
+            self.base, self.scale.sweep_overrides, self.scale.sweep_jobs, self.scratch / "sweep"
         )
 
     def memory(self) -> dict:

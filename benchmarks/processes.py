@@ -40,51 +40,38 @@ def run_jobs(commands: Sequence[list[str]], log_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def sweep(base: Sequence[str], job: Sequence[str], jobs: int, parallel: int, out: Path) -> dict:
-    """`jobs` training jobs (seeds 0..jobs-1) one at a time with every core, against `parallel`
-    at a time with the cores split between them."""
-    seeds = list(range(jobs))
-    quiet = ["trainer.enable_progress_bar=false"]
-    # One at a time: Hydra's own sequential multirun, in one process, every core to each job.
-    sequential = run_jobs(
-        [
-            train_command(
-                "-m",
-                *base,
-                *job,
-                *quiet,
-                f"seed={','.join(map(str, seeds))}",
-                f"hydra.sweep.dir={out / 'sequential'}",
-            )
-        ],
-        out / "sequential",
-    )
-    # Side by side: `parallel` processes, each running its share of the seeds on its share of
-    # the cores.
-    threads = max(1, available_cores() // parallel)
-    shares = [seeds[i::parallel] for i in range(parallel)]
-    side_by_side = run_jobs(
-        [
-            train_command(
-                "-m",
-                *base,
-                *job,
-                *quiet,
-                f"threads={threads}",
-                f"seed={','.join(map(str, share))}",
-                f"hydra.sweep.dir={out / f'parallel{i}'}",
-            )
-            for i, share in enumerate(shares)
-        ],
-        out / "parallel",
-    )
+# How a sweep's jobs run: the parallel launcher (hydra_plugins/cifar10_lab_launcher), with its
+# default slots (one job per core, the cores split between the jobs) and one job at a time (each
+# job gets every core); and Hydra's basic launcher (one at a time, in the launching process).
+SWEEP_WAYS = {
+    "parallel": ["hydra.launcher.devices=cpu"],
+    "one_at_a_time": ["hydra.launcher.devices=cpu", "hydra.launcher.cpu_jobs=1"],
+    "basic_launcher": ["hydra/launcher=basic"],
+}
+
+
+def sweep(base: Sequence[str], job: Sequence[str], jobs: int, out: Path) -> dict:
+    """Wall time of one sweep of `jobs` jobs (seeds 0..jobs-1) run each way of SWEEP_WAYS."""
+    seeds = ",".join(map(str, range(jobs)))
+    wall = {}
+    for way, launcher in SWEEP_WAYS.items():
+        command = train_command(
+            "-m",
+            *base,
+            *job,
+            "trainer.enable_progress_bar=false",
+            f"seed={seeds}",
+            *launcher,
+            f"hydra.sweep.dir={out / way}",
+        )
+        wall[way] = run_jobs([command], out / f"{way}-logs")
     return {
         "jobs": jobs,
         "job": " ".join(job),
-        "parallel": parallel,
-        "sequential_s": round(sequential, 2),
-        "parallel_s": round(side_by_side, 2),
-        "ratio": round(side_by_side / sequential, 3),
+        "parallel_slots": available_cores(),
+        **{f"{way}_s": round(seconds, 2) for way, seconds in wall.items()},
+        "ratio": round(wall["parallel"] / wall["one_at_a_time"], 3),
+        "ratio_to_basic_launcher": round(wall["parallel"] / wall["basic_launcher"], 3),
     }
 
 

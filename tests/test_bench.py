@@ -87,7 +87,8 @@ def test_in_process_sections_run_and_write_json_and_markdown(bench_data, tmp_pat
 def test_sweep_and_memory_sections_run_whole_jobs(bench_data, tmp_path):
     data, table = run_bench(tmp_path, bench_data, "sweep,memory")
     sweep, memory = data["sections"]["sweep"], data["sections"]["memory"]
-    assert sweep["sequential_s"] > 0 and sweep["parallel_s"] > 0
+    assert all(sweep[f"{way}_s"] > 0 for way in ("parallel", "one_at_a_time", "basic_launcher"))
+    assert sweep["ratio"] == pytest.approx(sweep["parallel_s"] / sweep["one_at_a_time_s"], rel=0.01)
     assert memory["one"]["pss_jobs_mb"] > memory["one"]["data_file_mb"] > 0
     # Every job reads every training image, sharing the cached pages: one copy, not two.
     for run in memory["one"], memory["parallel"]:
