@@ -8,7 +8,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 
@@ -46,13 +45,12 @@ class Classifier(L.LightningModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         n = len(self.class_names)
-        # Training metrics are updated every step, so they skip torchmetrics' input checks
-        # (predictions come from argmax, labels from the data module) and the loss is averaged
-        # here rather than by self.log: on the CPU, those cost more than a whole batch-4 step
-        # of the tutorial net (benchmarks, README "Speed"). No NaN check either (it reads the
-        # value back, a device sync per step on a GPU): a NaN loss shows as a NaN mean.
-        self.train_loss = MeanMetric(nan_strategy="disable")
-        self.train_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
+        # The training epoch's sums of (loss, correct predictions, images), from which
+        # train/loss and train/acc are logged at its end. Three in-place adds per step: a
+        # per-step self.log or torchmetrics update costs a large part of a batch-4 step of the
+        # tutorial net on the CPU (benchmarks, README "Speed"), and nothing here reads a value
+        # back to the host (no device sync per step on a GPU).
+        self.register_buffer("train_sums", torch.zeros(3), persistent=False)
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc = MulticlassAccuracy(n, average="micro")
         self.val_confusion = MulticlassConfusionMatrix(n)
@@ -93,8 +91,10 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         losses, preds, labels = self._step(batch)
-        self.train_loss.update(losses.detach())  # the epoch's mean over images
-        self.train_acc.update(preds, labels)
+        with torch.no_grad():
+            self.train_sums[0] += losses.sum()
+            self.train_sums[1] += (preds == labels).sum()
+            self.train_sums[2] += len(labels)
         return losses.mean()
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -110,10 +110,12 @@ class Classifier(L.LightningModule):
     # Accuracies are computed at epoch end rather than logged as metric objects, so they are
     # logged in percent, and per class, in one place.
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss", self.train_loss.compute(), sync_dist=True)
-        self.log("train/acc", self.train_acc.compute() * 100, sync_dist=True)
-        self.train_loss.reset()
-        self.train_acc.reset()
+        loss, correct, images = self.trainer.strategy.reduce(self.train_sums, reduce_op="sum")
+        images = images.clamp(min=1)
+        # The sums are over every rank already; sync_dist then averages equal values.
+        self.log("train/loss", loss / images, sync_dist=True)
+        self.log("train/acc", correct / images * 100, sync_dist=True)
+        self.train_sums.zero_()
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute() * 100
