@@ -66,7 +66,7 @@ FULL = Scale(
     sweep_overrides=("data.batch_size=64", "trainer.max_epochs=1"),
     memory_jobs=2,
     memory_overrides=("data.batch_size=256", "trainer.max_epochs=2"),
-    quiet_wait=10.0,
+    quiet_wait=5.0,
 )
 
 QUICK = Scale(

@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.loops import lab_step_time
 
-NETS = {"tutorial": 512, "vgg_like": 256}  # net -> batch size
+BATCH = {"tutorial": 512, "vgg6": 256}
 
 
 def gpu_rates(
@@ -21,7 +21,7 @@ def gpu_rates(
         return {"skipped": "no GPU"}
     results: dict = {"device": torch.cuda.get_device_name(0)}
     for name, model in nets.items():
-        batch = NETS[name]
+        batch = BATCH[name]
         for precision in ("32-true", "bf16-mixed"):
             for channels_last in (False, True):
                 seconds = lab_step_time(

@@ -109,11 +109,11 @@ def _section_rows(name: str, s: dict) -> list[tuple[str, str]]:
         return rows
     if name == "flops":
         rows = [("4. fp32 matmul peak", f"{s['matmul_peak_gflops']} GFLOP/s")]
-        for net in ("tutorial", "vgg_like"):
+        for net, label in (("tutorial", "tutorial net"), ("vgg6", "seed 002's VGG-like net")):
             r = s[net]
             rows.append(
                 (
-                    f"4. {net} net, batch {r['batch']} ({r['mflop_per_image']} MFLOP/image)",
+                    f"4. {label}, batch {r['batch']} ({r['mflop_per_image']} MFLOP/image)",
                     f"{r['gflops']} GFLOP/s; epoch {r['epoch_s']} s = {r['times_floor']}x "
                     f"the floor ({r['floor_epoch_s']} s)",
                 )

@@ -63,7 +63,7 @@ def test_in_process_sections_run_and_write_json_and_markdown(bench_data, tmp_pat
     assert sections["flops"]["matmul_peak_gflops"] > 0
     # Three times the forward pass, less the input gradient of the first layer (none needed).
     assert sections["flops"]["tutorial"]["mflop_per_image"] == pytest.approx(3.2, abs=0.01)
-    assert sections["flops"]["vgg_like"]["mflop_per_image"] > 100  # a much bigger net
+    assert sections["flops"]["vgg6"]["mflop_per_image"] > 100  # seed 002's VGG-like net
     for batch in ("batch 4", "batch 256"):
         assert set(sections["pipeline"][batch]) == {"none", "flip", "flip_crop", "seed004"}
         assert all(row["ours"] > 0 for row in sections["pipeline"][batch].values())
