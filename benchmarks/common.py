@@ -41,7 +41,7 @@ class Scale:
     eval_every: float  # epochs between accuracy checks in time-to-accuracy runs
     seeds_max_epochs: int  # the seeds' loop gets this long to reach the target
     flops_batches: int  # timed batches per net for FLOP/s (at the net's batch size)
-    matmul_size: int
+    matmul_sizes: tuple[int, ...]  # square fp32 matrix multiplies timed for the peak
     pipeline_seconds: float  # per preset, batch size and round
     sweep_jobs: int
     sweep_overrides: tuple[str, ...]  # one sweep job's settings
@@ -60,7 +60,7 @@ FULL = Scale(
     eval_every=0.1,
     seeds_max_epochs=3,
     flops_batches=8,
-    matmul_size=2048,
+    matmul_sizes=(512, 1024, 2048, 4096),
     pipeline_seconds=1.0,
     sweep_jobs=4,
     sweep_overrides=("data.batch_size=64", "trainer.max_epochs=1"),
@@ -77,7 +77,7 @@ QUICK = Scale(
     eval_every=0.25,
     seeds_max_epochs=2,
     flops_batches=2,
-    matmul_size=256,
+    matmul_sizes=(256,),
     pipeline_seconds=0.05,
     sweep_jobs=2,
     sweep_overrides=("data.batch_size=16", "trainer.max_epochs=1"),
