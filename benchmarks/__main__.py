@@ -79,16 +79,29 @@ class Bench:
         if self.quiet:
             wait_for_quiet(self.quiet)
 
-    def lab(self, batch: int, timed: int, *extra: str, warmup: int | None = None) -> float:
+    def lab(
+        self, batch: int, timed: int, *extra: str, warmup: int | None = None, cpu: bool = False
+    ) -> float:
+        """cifar10-lab's seconds per batch: wall time, or with cpu=True the CPU time of one
+        thread."""
         overrides = [*self.base, *SEED_RECIPE, f"data.batch_size={batch}", *extra]
         warmup = self.scale.warmup if warmup is None else warmup
+        if cpu:
+            return lab_step_time(
+                [*overrides, "threads=1"], warmup, timed, self.scratch / "lab", time.process_time
+            )
         return lab_step_time(overrides, warmup, timed, self.scratch / "lab")
 
-    def plain(self, batch: int, timed: int) -> float:
+    def plain(self, batch: int, timed: int, cpu: bool = False) -> float:
+        """The plain loop's seconds per batch (wall, or with cpu=True one thread's CPU time)."""
+        set_threads(1 if cpu else self.threads)
         net = build_net(self.cfg, self.dm.num_classes)
-        return step_times(plain_steps(net, memory_loader(self.dm, batch)), self.scale.warmup, timed)
+        steps = plain_steps(net, memory_loader(self.dm, batch))
+        clock = time.process_time if cpu else time.perf_counter
+        return step_times(steps, self.scale.warmup, timed, clock)
 
     def seeds(self, batch: int, timed: int) -> float:
+        set_threads(self.threads)
         net = build_net(self.cfg, self.dm.num_classes)
         steps = seeds_steps(net, seeds_loader(self.cfg, batch))
         return step_times(steps, self.scale.warmup, timed)
@@ -102,20 +115,30 @@ class Bench:
         )
 
     def per_batch(self) -> dict:
-        """Items 2 and 3: ms per batch of the three loops (the seeds' loop at batch 4 only)."""
+        """Items 2 and 3: ms per batch of the three loops (the seeds' loop at batch 4 only).
+
+        Wall time with the configured threads, and the CPU time of one thread: on a machine
+        shared with other work, two threads stall whenever another process takes a core, while
+        one thread's CPU time barely changes, so the overhead in CPU time is the steadier
+        figure of the extra work a batch costs.
+        """
         out = {}
         for batch, timed in self.scale.batches.items():
             measures: dict[str, Callable[[], float]] = {
                 "plain_ms": lambda b=batch, t=timed: self.plain(b, t),
                 "cifar10_lab_ms": lambda b=batch, t=timed: self.lab(b, t),
+                "plain_cpu_ms": lambda b=batch, t=timed: self.plain(b, t, cpu=True),
+                "cifar10_lab_cpu_ms": lambda b=batch, t=timed: self.lab(b, t, cpu=True),
             }
             if batch == 4:
                 measures["seeds_loop_ms"] = lambda t=timed: self.seeds(4, t)
             values = best_of(self.scale.rounds, *measures.values(), quiet_wait=self.quiet)
             row = {k: round(v * 1e3, 3) for k, v in zip(measures, values, strict=True)}
             row["overhead"] = round(row["cifar10_lab_ms"] / row["plain_ms"] - 1, 3)
+            row["overhead_cpu"] = round(row["cifar10_lab_cpu_ms"] / row["plain_cpu_ms"] - 1, 3)
             out[f"batch {batch}"] = row
             log.info("batch %d: %s", batch, row)
+        set_threads(self.threads)
         return out
 
     def flops(self) -> dict:

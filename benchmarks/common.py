@@ -127,19 +127,22 @@ def train_flops_per_image(net: nn.Module, batch: int = 8) -> float:
     return counter.get_total_flops() / batch
 
 
-def step_times(steps: Iterable[object], warmup: int, timed: int) -> float:
-    """Seconds per step over `timed` steps after `warmup` steps (iterating `steps` runs them)."""
+def step_times(
+    steps: Iterable[object], warmup: int, timed: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Seconds per step over `timed` steps after `warmup` steps (iterating `steps` runs them),
+    by `clock` (wall time; time.process_time for the process's CPU time)."""
     start = None
     done = 0
     for i, _ in enumerate(steps):
         if i + 1 == warmup:
-            start = time.perf_counter()
+            start = clock()
         elif i + 1 == warmup + timed:
             done = timed
             break
     if start is None or not done:
         raise ValueError(f"ran out of steps before {warmup} + {timed} (too little data?)")
-    return (time.perf_counter() - start) / timed
+    return (clock() - start) / timed
 
 
 def others_cpu(interval: float = 0.25) -> float:

@@ -8,7 +8,7 @@ own Lightning Trainer, with a callback that reads the clock after every batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -98,14 +98,15 @@ def plain_steps(
 
 
 class BatchClock(L.Callback):
-    """Seconds per training batch after the first `warmup` batches (to the epoch's last batch).
+    """Seconds per training batch after the first `warmup` batches (to the epoch's last batch),
+    by `clock` (wall time; time.process_time for the process's CPU time, all threads).
 
     The clock is read at two batch ends only; on a GPU it waits for the device there, so the
     batches between keep overlapping host and device work as in a real run.
     """
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
+    def __init__(self, warmup: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.warmup, self.clock = warmup, clock
         self.start: float | None = None
         self.per_batch: float | None = None
 
@@ -115,14 +116,20 @@ class BatchClock(L.Callback):
             return
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
-        now = time.perf_counter()
+        now = self.clock()
         if batch_idx + 1 == self.warmup:
             self.start = now
         elif self.start is not None:
             self.per_batch = (now - self.start) / (batch_idx + 1 - self.warmup)
 
 
-def lab_step_time(overrides: Sequence[str], warmup: int, timed: int, output_dir: Path) -> float:
+def lab_step_time(
+    overrides: Sequence[str],
+    warmup: int,
+    timed: int,
+    output_dir: Path,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """Seconds per training batch of `python -m src.train <overrides>` (cifar10-lab itself).
 
     The run is the user's run (its config, callbacks, logger and progress bar), cut to
@@ -142,7 +149,7 @@ def lab_step_time(overrides: Sequence[str], warmup: int, timed: int, output_dir:
     set_threads(cfg.threads)
     dm = load_data(cfg)
     model = build_model(cfg, dm)
-    clock = BatchClock(warmup)
+    clock = BatchClock(warmup, clock)
     trainer = build_trainer(
         cfg,
         [clock],

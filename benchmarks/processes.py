@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from src.run import available_cores
@@ -75,23 +75,31 @@ def sweep(base: Sequence[str], job: Sequence[str], jobs: int, out: Path) -> dict
     }
 
 
-def smaps_pss(pid: int, data_file: Path) -> tuple[int, int, int]:
-    """(PSS of the whole process, PSS and RSS of its mappings of data_file), in bytes."""
+@dataclass
+class Mapped:
+    """A process's memory, and its share of one mapped file, in bytes (from /proc/PID/smaps)."""
+
+    pss: int  # the whole process's proportional set size
+    file_pss: int  # the file's pages, each charged in equal parts to the processes mapping it
+    file_rss: int  # the file's pages resident in this process
+    file_private: int  # pages of it copied into this process (anonymous: written to)
+
+
+def smaps(pid: int, data_file: Path) -> Mapped:
+    """`pid`'s PSS (smaps_rollup) and how it maps `data_file` (its entries in smaps)."""
     with open(f"/proc/{pid}/smaps_rollup") as file:
-        total = next(int(line.split()[1]) for line in file if line.startswith("Pss:"))
-    data_pss = data_rss = 0
+        pss = next(int(line.split()[1]) for line in file if line.startswith("Pss:"))
+    fields = {"Pss:": 0, "Rss:": 0, "Anonymous:": 0}
     in_data = False
     target = str(data_file.resolve())
     with open(f"/proc/{pid}/smaps") as file:
         for line in file:
-            fields = line.split()
-            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
-                in_data = len(fields) >= 6 and " ".join(fields[5:]) == target
-            elif in_data and fields[0] == "Pss:":
-                data_pss += int(fields[1])
-            elif in_data and fields[0] == "Rss:":
-                data_rss += int(fields[1])
-    return total * KB, data_pss * KB, data_rss * KB
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):  # a mapping's header line
+                in_data = len(parts) >= 6 and " ".join(parts[5:]) == target
+            elif in_data and parts[0] in fields:
+                fields[parts[0]] += int(parts[1])
+    return Mapped(pss * KB, fields["Pss:"] * KB, fields["Rss:"] * KB, fields["Anonymous:"] * KB)
 
 
 def peak_memory(
@@ -99,12 +107,11 @@ def peak_memory(
 ) -> dict:
     """Start the commands side by side and sample their memory while all of them run.
 
-    PSS (proportional set size) charges each shared page to the processes mapping it in equal
-    parts, so the PSS of `data_file` summed over every process that maps it (the jobs, and this
-    benchmark, which maps the same cache) is the memory its pages take: one copy when they are
-    shared, one per job when each job had its own. Reported at their peaks over the samples:
-    the jobs' summed PSS, the data file's pages resident in every job (each job has read all
-    of it), and the copies of it held (that summed data PSS over the file's size).
+    Reported at their peaks over the samples: the jobs' summed PSS (proportional set size:
+    shared pages charged in equal parts to the processes sharing them), the data file's pages
+    resident in every job (each job has read all of it), its PSS per job, and the copies of it
+    the machine holds: the page cache's one copy, which every job maps, plus the pages any job
+    copied for itself (anonymous pages of the mapping, made by writing to it). 1.0 means shared.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     logs = [open(log_dir / f"job{i}.log", "w") for i in range(len(commands))]  # noqa: SIM115
@@ -112,17 +119,23 @@ def peak_memory(
         subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         for c, log in zip(commands, logs, strict=True)
     ]
-    pss_jobs = largest_job = resident_in_each = data_pss = samples = 0
+    peak = {"pss": 0, "largest": 0, "resident": 0, "file_pss": 0, "held": 0}
+    samples = 0
     while all(p.poll() is None for p in procs):
         try:
-            jobs = [smaps_pss(p.pid, data_file) for p in procs]
+            jobs = [smaps(p.pid, data_file) for p in procs]
         except (OSError, StopIteration):  # a job ended between poll() and the read
             break
         samples += 1
-        pss_jobs = max(pss_jobs, sum(j[0] for j in jobs))
-        largest_job = max(largest_job, *(j[0] for j in jobs))
-        resident_in_each = max(resident_in_each, min(j[2] for j in jobs))
-        data_pss = max(data_pss, sum(j[1] for j in jobs) + smaps_pss(os.getpid(), data_file)[1])
+        shared = max(j.file_rss - j.file_private for j in jobs)  # the page cache's pages
+        now = {
+            "pss": sum(j.pss for j in jobs),
+            "largest": max(j.pss for j in jobs),
+            "resident": min(j.file_rss for j in jobs),
+            "file_pss": max(j.file_pss for j in jobs),
+            "held": shared + sum(j.file_private for j in jobs),
+        }
+        peak = {key: max(peak[key], now[key]) for key in peak}
         time.sleep(interval)
     for proc in procs:
         proc.wait()
@@ -137,12 +150,12 @@ def peak_memory(
     size = data_file.stat().st_size
     return {
         "jobs": len(commands),
-        "pss_jobs_mb": round(pss_jobs * mb, 1),
-        "pss_largest_job_mb": round(largest_job * mb, 1),
+        "pss_jobs_mb": round(peak["pss"] * mb, 1),
+        "pss_largest_job_mb": round(peak["largest"] * mb, 1),
         "data_file_mb": round(size * mb, 1),
-        "data_resident_in_each_job_mb": round(resident_in_each * mb, 1),
-        "data_pss_mb": round(data_pss * mb, 1),
-        "data_copies": round(data_pss / size, 3),
+        "data_resident_in_each_job_mb": round(peak["resident"] * mb, 1),
+        "data_pss_per_job_mb": round(peak["file_pss"] * mb, 1),
+        "data_copies": round(peak["held"] / size, 3),
     }
 
 

@@ -102,9 +102,18 @@ def _section_rows(name: str, s: dict) -> list[tuple[str, str]]:
                 continue
             if "seeds_loop_ms" in r:
                 rows.append((f"2. {batch}: seeds' loop", _ms(r["seeds_loop_ms"])))
-            rows.append((f"2-3. {batch}: plain loop", _ms(r["plain_ms"])))
             rows.append(
-                (f"2-3. {batch}: cifar10-lab", f"{_ms(r['cifar10_lab_ms'])} ({r['overhead']:+.1%})")
+                (
+                    f"2-3. {batch}: plain loop",
+                    f"{_ms(r['plain_ms'])} (CPU time, 1 thread: {_ms(r['plain_cpu_ms'])})",
+                )
+            )
+            rows.append(
+                (
+                    f"2-3. {batch}: cifar10-lab",
+                    f"{_ms(r['cifar10_lab_ms'])} ({r['overhead']:+.1%}) (CPU time, 1 thread: "
+                    f"{_ms(r['cifar10_lab_cpu_ms'])}, {r['overhead_cpu']:+.1%})",
+                )
             )
         return rows
     if name == "flops":
@@ -140,20 +149,18 @@ def _section_rows(name: str, s: dict) -> list[tuple[str, str]]:
             (f"{what}: Hydra's basic launcher, one at a time", f"{s['basic_launcher_s']} s"),
         ]
     if name == "memory":
-        one, many = s["one"], s["parallel"]
-        return [
-            (
-                f"7. PSS, one job ({s['job']})",
-                f"{one['pss_jobs_mb']} MB; training images ({one['data_file_mb']} MB) resident "
-                f"in the job: {one['data_resident_in_each_job_mb']} MB, held "
-                f"{one['data_copies']} times",
-            ),
-            (
-                f"7. PSS, {many['jobs']} such jobs side by side",
-                f"{many['pss_jobs_mb']} MB; training images resident in each job: "
-                f"{many['data_resident_in_each_job_mb']} MB, held {many['data_copies']} times",
-            ),
-        ]
+        rows = []
+        for key, what in (("one", "one job"), ("parallel", f"{s['parallel']['jobs']} such jobs")):
+            r = s[key]
+            rows.append(
+                (
+                    f"7. PSS, {what} ({s['job']})",
+                    f"{r['pss_jobs_mb']} MB; training images ({r['data_file_mb']} MB): "
+                    f"{r['data_resident_in_each_job_mb']} MB resident in each job, "
+                    f"{r['data_pss_per_job_mb']} MB PSS per job, held {r['data_copies']} times",
+                )
+            )
+        return rows
     if name == "gpu":
         if "skipped" in s:
             return [("8. GPU", f"skipped: {s['skipped']}")]

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.accuracy import TrainClock, summarize
-from benchmarks.processes import smaps_pss
+from benchmarks.processes import smaps
 from tests.conftest import make_folder_tree, run_cli
 
 
@@ -133,16 +133,42 @@ def test_pss_counts_shared_file_pages_once(tmp_path):
         proc.start()
     try:
         assert all(r.wait(30) for r in ready)
-        samples = [smaps_pss(proc.pid, path) for proc in procs]
+        samples = [smaps(proc.pid, path) for proc in procs]
     finally:
         done.set()
         for proc in procs:
             proc.join()
     size = path.stat().st_size
-    for total, _data_pss, data_rss in samples:
-        assert data_rss == pytest.approx(size, rel=0.01) and total > data_rss
-    assert sum(s[1] for s in samples) == pytest.approx(size, rel=0.01)
-    assert smaps_pss(os.getpid(), path)[1] == 0  # this process does not map it
+    for mapped in samples:
+        assert mapped.file_rss == pytest.approx(size, rel=0.01) and mapped.pss > mapped.file_rss
+        assert mapped.file_private == 0
+    assert sum(m.file_pss for m in samples) == pytest.approx(size, rel=0.01)
+    assert smaps(os.getpid(), path).file_rss == 0  # this process does not map it
+
+
+def _write_and_wait(path, ready, done):
+    with open(path, "r+b") as file:
+        view = mmap.mmap(file.fileno(), 0, flags=mmap.MAP_PRIVATE)
+        for i in range(0, len(view), 4096):
+            view[i] = 1  # copy-on-write: this process gets its own copy of every page
+        ready.set()
+        done.wait(30)
+
+
+def test_pages_a_process_writes_count_as_its_own_copy(tmp_path):
+    path = tmp_path / "images.npy"
+    np.save(path, np.ones(1 << 20, np.uint8))
+    ctx = mp.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_write_and_wait, args=(path, ready, done))
+    proc.start()
+    try:
+        assert ready.wait(30)
+        mapped = smaps(proc.pid, path)
+    finally:
+        done.set()
+        proc.join()
+    assert mapped.file_private == pytest.approx(path.stat().st_size, rel=0.01)
 
 
 class Sleeper(L.LightningModule):
