@@ -143,7 +143,8 @@ def lab_time_to_accuracy(
     model = build_model(cfg, dm)
     clock = TrainClock()
     stop = EarlyStopping("val/acc", mode="max", stopping_threshold=target, patience=10**9)
-    batches = math.ceil(len(dm.train_idx) / dm.batch_size)
+    # Training batches of Lightning's loop, each holding dm.per_fetch optimizer steps.
+    batches = math.ceil(len(dm.train_idx) / (dm.batch_size * dm.per_fetch))
     trainer = build_trainer(
         cfg,
         [clock, stop],

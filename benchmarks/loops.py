@@ -98,17 +98,19 @@ def plain_steps(
 
 
 class BatchClock(L.Callback):
-    """Seconds per training batch after the first `warmup` batches (to the epoch's last batch),
-    by `clock` (wall time; time.process_time for the process's CPU time, all threads).
+    """Seconds per optimizer step after the first `warmup` training batches (to the epoch's last
+    batch), by `clock` (wall time; time.process_time for the process's CPU time, all threads).
 
-    The clock is read at two batch ends only; on a GPU it waits for the device there, so the
-    batches between keep overlapping host and device work as in a real run.
+    A training batch of Lightning's loop may hold several optimizer steps (data.fetch_size), so
+    steps are counted by trainer.global_step. The clock is read at two batch ends only; on a GPU
+    it waits for the device there, so the batches between keep overlapping host and device work
+    as in a real run.
     """
 
     def __init__(self, warmup: int, clock: Callable[[], float] = time.perf_counter) -> None:
         self.warmup, self.clock = warmup, clock
-        self.start: float | None = None
-        self.per_batch: float | None = None
+        self.start: tuple[float, int] | None = None
+        self.per_step: float | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         last = batch_idx + 1 == trainer.num_training_batches
@@ -118,9 +120,9 @@ class BatchClock(L.Callback):
             torch.cuda.synchronize(pl_module.device)
         now = self.clock()
         if batch_idx + 1 == self.warmup:
-            self.start = now
+            self.start = (now, trainer.global_step)
         elif self.start is not None:
-            self.per_batch = (now - self.start) / (batch_idx + 1 - self.warmup)
+            self.per_step = (now - self.start[0]) / (trainer.global_step - self.start[1])
 
 
 def lab_step_time(
@@ -130,11 +132,11 @@ def lab_step_time(
     output_dir: Path,
     clock: Callable[[], float] = time.perf_counter,
 ) -> float:
-    """Seconds per training batch of `python -m src.train <overrides>` (cifar10-lab itself).
+    """Seconds per optimizer step of `python -m src.train <overrides>` (cifar10-lab itself).
 
-    The run is the user's run (its config, callbacks, logger and progress bar), cut to
-    warmup + timed batches; validation and checkpoints fall outside the timed batches, so
-    they are switched off.
+    The run is the user's run (its config, callbacks, logger and progress bar), cut to at
+    least warmup + timed steps (whole training batches of Lightning's loop); validation and
+    checkpoints fall outside the timed steps, so they are switched off.
     """
     cfg = compose_train(
         [
@@ -149,18 +151,20 @@ def lab_step_time(
     set_threads(cfg.threads)
     dm = load_data(cfg)
     model = build_model(cfg, dm)
-    clock = BatchClock(warmup, clock)
+    per_fetch = dm.per_fetch
+    warmup_fetches, timed_fetches = -(-warmup // per_fetch), -(-timed // per_fetch)
+    clock = BatchClock(warmup_fetches, clock)
     trainer = build_trainer(
         cfg,
         [clock],
-        limit_train_batches=warmup + timed,
+        limit_train_batches=warmup_fetches + timed_fetches,
         limit_val_batches=0,
         enable_checkpointing=False,
     )
     trainer.fit(model, datamodule=dm)
-    if clock.per_batch is None:
-        raise ValueError(f"fewer than {warmup} + {timed} training batches in one epoch")
-    return clock.per_batch
+    if clock.per_step is None:
+        raise ValueError(f"fewer than {warmup} + {timed} training steps in one epoch")
+    return clock.per_step
 
 
 def evaluate(net: nn.Module, images: Tensor, labels: Tensor, mean, std, batch: int = 1000) -> float:

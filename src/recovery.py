@@ -76,16 +76,16 @@ class StopOnDivergence(L.Callback):
     """Stop training as soon as the training loss is NaN or infinite.
 
     Reading the loss on the host stalls a GPU's queue, so on a GPU it is read every
-    `check_every_n_steps` steps (default 20; every step on the CPU, where it is free), with a flag
-    on the device remembering any bad loss in between. It is also read before every checkpoint,
+    `check_every_n_batches` training batches (default 20; every batch on the CPU, where it is
+    free), with a flag on the device remembering any bad loss in between. It is also read before every checkpoint,
     so no checkpoint ever holds diverged weights.
 
     Args:
         lr: the configured learning rate (optimizer.lr), named in the error.
     """
 
-    def __init__(self, lr: float, check_every_n_steps: int | None = None):
-        self.lr, self.check_every_n_steps = lr, check_every_n_steps
+    def __init__(self, lr: float, check_every_n_batches: int | None = None):
+        self.lr, self.check_every_n_batches = lr, check_every_n_batches
         self._finite: torch.Tensor | None = None
         self._loss: torch.Tensor | None = None
         self._every = 1
@@ -93,7 +93,7 @@ class StopOnDivergence(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finite = torch.ones((), dtype=torch.bool, device=pl_module.device)
         on_cpu = pl_module.device.type == "cpu"
-        self._every = self.check_every_n_steps or (1 if on_cpu else 20)
+        self._every = self.check_every_n_batches or (1 if on_cpu else 20)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
@@ -103,7 +103,7 @@ class StopOnDivergence(L.Callback):
             return
         self._loss = loss.detach()
         self._finite &= torch.isfinite(self._loss).all()
-        if trainer.global_step % self._every == 0:
+        if idx % self._every == 0:
             self._check(trainer)
 
     def on_save_checkpoint(
@@ -141,10 +141,12 @@ class ResumeCheckpoint(Checkpoint):
     ):
         self.path, self.every_minutes, self.every_n_steps = path, every_minutes, every_n_steps
         self._last_save = time.monotonic()
+        self._last_save_step = 0
         self._sigterm_deferred = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_save = time.monotonic()
+        self._last_save_step = trainer.global_step
         # Lightning restores the training loader's position (its state_dict) when it builds the
         # loader, but a scheduler that asks for trainer.estimated_stepping_batches (OneCycle)
         # makes it build the loader before the checkpoint is read, and the position is dropped
@@ -157,7 +159,10 @@ class ResumeCheckpoint(Checkpoint):
     ) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return  # the epoch-end save follows, after validation
-        by_steps = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0
+        # At every multiple of every_n_steps that global_step passed: a training batch may hold
+        # several optimizer steps (data.fetch_size), so it need not land on one.
+        n = self.every_n_steps
+        by_steps = bool(n) and trainer.global_step // n > self._last_save_step // n
         by_time = (
             self.every_minutes is not None
             and time.monotonic() - self._last_save >= self.every_minutes * 60
@@ -191,6 +196,7 @@ class ResumeCheckpoint(Checkpoint):
             return
         trainer.save_checkpoint(self.path)
         self._last_save = time.monotonic()
+        self._last_save_step = trainer.global_step
 
 
 def resume_checkpoint(run_dir: Path, had_run: bool, ckpt_path: str | None) -> str | None:

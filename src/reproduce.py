@@ -37,6 +37,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from src.data.loader import batches_per_fetch
 from src.errors import ConfigError, UserError
 from src.run import available_cores, write_json
 
@@ -50,7 +51,7 @@ START, END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 DEFAULT_LOCK = "/tmp/cifar10-lab-cpu.lock"
 SEEDS = (0, 1, 2)
 TRAIN_IMAGES = 50_000  # CIFAR-10's training split (the official files and the JPEG copy alike)
-PROBE_BATCHES = 200
+PROBE_BATCHES = 256  # timed batches of a probe (a whole number of fetches at batch 4 or 16)
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,21 @@ def describe_hardware(cfg: DictConfig) -> str:
     return f"{cores}-core CPU ({cpu}), no GPU"
 
 
-def train_args(row: Row, seed: int, probe: bool) -> list[str]:
-    """The overrides of one run (without the user's data overrides)."""
+def probe_fetches(cfg: DictConfig) -> int:
+    """Training batches of Lightning's loop (fetches of several batches) a probe runs to time at
+    least PROBE_BATCHES batches."""
+    per_fetch = batches_per_fetch(cfg.data.batch_size, cfg.data.fetch_size)
+    return -(-PROBE_BATCHES // per_fetch)
+
+
+def train_args(row: Row, seed: int, probe_fetches: int | None = None) -> list[str]:
+    """The overrides of one run (without the user's data overrides); a timing probe of
+    `probe_fetches` training batches of Lightning's loop if given."""
     args = [f"experiment={row.experiment}", *row.overrides, f"seed={seed}"]
-    if probe:  # time PROBE_BATCHES training batches; skip validation and most of the test
+    if probe_fetches:  # skip validation and most of the test
         args += [
             "trainer.max_epochs=1",
-            f"++trainer.limit_train_batches={PROBE_BATCHES}",
+            f"++trainer.limit_train_batches={probe_fetches}",
             "++trainer.limit_test_batches=1",
             "data.val_size=0",
             "data.val_from=train",
@@ -185,7 +194,9 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
     """Train one run in a child process under the lock; returns its record for the results."""
     run_dir = RUNS / row.slug / ("probe" if probe else f"seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
-    args = [*train_args(row, seed, probe), *overrides]
+    cfg = recipe(row, overrides)
+    fetches = probe_fetches(cfg) if probe else None
+    args = [*train_args(row, seed, fetches), *overrides]
     command = [
         sys.executable,
         "-m",
@@ -201,7 +212,6 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     if done.returncode != 0 or metrics.get("status") != "finished":
         raise RuntimeError(f"{row.key} seed {seed} failed (exit {done.returncode}); see {run_dir}")
-    cfg = recipe(row, overrides)
     record = {
         "row": row.key,
         "kind": "probe" if probe else "run",
@@ -217,7 +227,9 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
         "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
     }
     if probe:
-        record["probe_batches"] = PROBE_BATCHES
+        record["probe_batches"] = fetches * batches_per_fetch(
+            cfg.data.batch_size, cfg.data.fetch_size
+        )
     return record
 
 

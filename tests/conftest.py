@@ -101,6 +101,7 @@ def tiny_overrides(tmp_path: Path, data_root: Path, source: str = "folder") -> l
         f"data.cache_dir={tmp_path / 'cache'}",
         "data.val_size=12",
         "data.batch_size=8",
+        "data.fetch_size=16",  # two batches per training step of Lightning's loop
         "data.eval_batch_size=16",
         "trainer.max_epochs=2",
         "trainer.accelerator=cpu",

@@ -14,15 +14,21 @@ import lightning as L
 
 
 class SignalAt(L.Callback):
-    """Send `signal_name` to this process after training step `step` (or after the first
-    validation batch that follows it, with `during_validation`)."""
+    """Send `signal_name` to this process once, after the training batch that reaches step
+    `step` (or after the first validation batch that follows it, with `during_validation`).
+
+    A training batch may hold several optimizer steps (data.fetch_size), so the signal goes at
+    the first batch end at or past `step`.
+    """
 
     def __init__(self, step: int, signal_name: str = "SIGKILL", during_validation: bool = False):
         self.step, self.signum = step, getattr(signal, signal_name)
         self.during_validation = during_validation
+        self.fired = False
 
     def _fire(self, trainer: L.Trainer) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step >= self.step and not self.fired:
+            self.fired = True
             os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -32,6 +32,7 @@ def bench_data(tmp_path):
         f"data.root={root}",
         f"data.cache_dir={tmp_path / 'cache'}",
         "data.val_size=12",
+        "data.fetch_size=4",  # a batch per fetch: several fetches even in these few images
     ]
 
 

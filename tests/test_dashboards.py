@@ -53,9 +53,9 @@ def _image(events: EventAccumulator, tag: str) -> Image.Image:
 def test_images_are_logged(tiny_run):
     _, events = tiny_run
     assert IMAGE_TAGS <= set(events.Tags()["images"])
-    # The first training batch (8 images at data.batch_size=8) in one row of 32x32 tiles.
+    # The first training fetch (16 images: data.fetch_size=16) in rows of eight 32x32 tiles.
     grid = _image(events, "images/train_augmented")
-    assert grid.size == (8 * 34 + 2, 36)
+    assert grid.size == (8 * 34 + 2, 2 * 34 + 2)
     for tag in ("images/test_predictions", "images/confusion_test", "images/confusion_val_best"):
         width, height = _image(events, tag).size
         assert width > 300 and height > 200, tag

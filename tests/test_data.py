@@ -142,7 +142,7 @@ def test_validation_as_large_as_training_is_refused(folder_data, tmp_path):
 
 
 def test_loader_yields_every_training_image_once_per_epoch(folder_data, tmp_path):
-    dm = datamodule(folder_data, tmp_path, batch_size=7)
+    dm = datamodule(folder_data, tmp_path, batch_size=7, fetch_size=7)
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == 16
@@ -152,6 +152,31 @@ def test_loader_yields_every_training_image_once_per_epoch(folder_data, tmp_path
     assert len(seen) == 108
     loader.sampler.set_epoch(1)
     assert not torch.equal(loader.sampler.order(), dm.train_dataloader().sampler.order())
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_fetches_of_several_batches_hold_the_same_batches_in_order(drop_last):
+    images, labels = torch.zeros(20, 2, 2, 3, dtype=torch.uint8), torch.arange(20)
+
+    def loader(per_fetch: int) -> TensorBatchLoader:
+        sampler = EpochShuffle(torch.arange(20), shuffle=True, seed=1)
+        return TensorBatchLoader(images, labels, sampler, 3, drop_last, per_fetch=per_fetch)
+
+    one_by_one = [labels for _, labels in loader(1)]
+    fetched = [labels for _, labels in loader(4)]
+    assert len(one_by_one) == (6 if drop_last else 7) and loader(4).steps_per_epoch == 6 + (
+        not drop_last
+    )
+    assert [len(f) for f in fetched] == ([12, 6] if drop_last else [12, 8])
+    assert torch.equal(torch.cat(fetched), torch.cat(one_by_one))
+
+
+def test_fetch_size_is_rounded_down_to_whole_batches_and_at_least_one(folder_data, tmp_path):
+    assert datamodule(folder_data, tmp_path, batch_size=4, fetch_size=1024).per_fetch == 256
+    assert datamodule(folder_data, tmp_path, batch_size=100, fetch_size=1024).per_fetch == 10
+    assert datamodule(folder_data, tmp_path, batch_size=2048, fetch_size=1024).per_fetch == 1
+    with pytest.raises(ConfigError, match="data.fetch_size must be a positive integer"):
+        datamodule(folder_data, tmp_path, fetch_size=0)
 
 
 def test_loader_resumes_at_the_next_batch_of_the_epoch():

@@ -161,7 +161,7 @@ def test_divergence_checked_seldom_still_never_reaches_a_checkpoint(folder_data,
     overrides = [
         *tiny_overrides(tmp_path, folder_data),
         "optimizer.lr=1e5",
-        "callbacks.stop_on_divergence.check_every_n_steps=1000",
+        "callbacks.stop_on_divergence.check_every_n_batches=1000",
     ]
     with pytest.raises(TrainingDiverged, match="by epoch 0, step 14"):
         train(compose_config("train", overrides, tmp_path / "run"))

@@ -60,6 +60,23 @@ def test_same_seed_same_numbers(folder_data, tmp_path):
     assert a["test/loss"] != c["test/loss"]
 
 
+def test_fetching_several_batches_at_once_trains_the_same_weights(folder_data, tmp_path):
+    """data.fetch_size only changes how many batches Lightning handles at once: the optimizer
+    steps, the one-cycle schedule's length and so the weights are those of one batch at a time."""
+    import torch
+
+    extra = ("seed=5", "scheduler=onecycle", "data.augment=none", "data.val_size=0")
+    one = train_tiny(tmp_path, folder_data, *extra, "data.fetch_size=8", run="one")
+    many = train_tiny(tmp_path, folder_data, *extra, "data.fetch_size=48", run="many")
+    assert one["test/loss"] == many["test/loss"]
+    weights = [
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        for run in ("one", "many")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_eval_reproduces_the_test_accuracy_train_printed(folder_data, tmp_path):
     metrics = train_tiny(tmp_path, folder_data)
     overrides = [

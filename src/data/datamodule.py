@@ -12,7 +12,7 @@ from torch import Tensor
 
 from src.data.augment import get_augment
 from src.data.cache import CachedData, load_or_build
-from src.data.loader import EpochShuffle, TensorBatchLoader
+from src.data.loader import EpochShuffle, TensorBatchLoader, batches_per_fetch
 from src.data.sources import check_folder, folder_fingerprint, read_folder, read_official
 from src.errors import ConfigError
 
@@ -48,6 +48,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         normalize: "seed" (mean 0.5, std 0.5 as in the studies) or "dataset" (the training
             split's own mean and std).
         on_device: keep the whole data set on the GPU when training on one.
+        fetch_size: training images handed to Lightning's loop at once, as whole batches of
+            `batch_size` (at least one): the Classifier still takes one optimizer step per
+            batch, so results do not depend on it; larger fetches spread Lightning's fixed cost
+            per batch over more steps (see TensorBatchLoader).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         normalize: str = "seed",
         on_device: bool = True,
         drop_last: bool = False,
+        fetch_size: int = 1024,
     ):
         super().__init__()
         if source not in SOURCES:
@@ -74,7 +79,12 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise ConfigError(f"unknown data.normalize {normalize!r}: choose 'seed' or 'dataset'")
         if val_from not in ("train", "test"):
             raise ConfigError(f"unknown data.val_from {val_from!r}: choose 'train' or 'test'")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        sizes = (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("fetch_size", fetch_size),
+        )
+        for name, value in sizes:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{name} must be a positive integer, got {value!r}")
         if val_size < 0:
@@ -90,6 +100,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         )
         self.val_size, self.val_from, self.split_seed = val_size, val_from, split_seed
         self.normalize, self.on_device = normalize, on_device
+        self.per_fetch = batches_per_fetch(batch_size, fetch_size)
         self.data: CachedData | None = None
 
     # -- preparing ---------------------------------------------------------------------------
@@ -161,9 +172,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         sampler = EpochShuffle(
             indices, shuffle=train, seed=self.split_seed, rank=rank, world_size=world
         )
-        batch_size = self.batch_size if train else self.eval_batch_size
+        if not train:
+            return TensorBatchLoader(images, labels, sampler, self.eval_batch_size)
         return TensorBatchLoader(
-            images, labels, sampler, batch_size, drop_last=train and self.drop_last
+            images, labels, sampler, self.batch_size, self.drop_last, per_fetch=self.per_fetch
         )
 
     def train_dataloader(self):

@@ -22,7 +22,16 @@ class Classifier(L.LightningModule):
         net: the network (any nn.Module mapping N x 3 x H x W to N x classes).
         optimizer: factory `optimizer(params)` (a Hydra `_partial_` config).
         scheduler: factory `scheduler(optimizer, total_steps)` stepped every batch, or None.
+        batch_size: images per optimizer step. A training batch holding more (the data module
+            hands over several batches at once: data.fetch_size) is taken as consecutive steps
+            of this many images, so the optimizer sees exactly the batches it would see one at
+            a time. None: one step per training batch.
         net_config: the config the net was built from, kept in checkpoints to rebuild it.
+
+    Optimization is manual (Lightning's `automatic_optimization = False`), because one training
+    batch may hold several optimizer steps; it does what Lightning's automatic loop does for one
+    optimizer: zero the gradients, backward (through the precision plugin), step, then step the
+    schedule once per optimizer step.
     """
 
     def __init__(
@@ -35,10 +44,12 @@ class Classifier(L.LightningModule):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        batch_size: int | None = None,
         net_config: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.automatic_optimization = False
         # channels_last: the weights too, not only the inputs; with NCHW weights the convolutions
         # of the tutorial net at batch 256 took 16% more CPU time (benchmarks, README "Speed").
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
@@ -92,12 +103,23 @@ class Classifier(L.LightningModule):
         return preds, labels
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        losses, preds, labels = self._step(batch)
-        with torch.no_grad():
-            self.train_sums[0] += losses.sum()
-            self.train_sums[1] += (preds == labels).sum()
-            self.train_sums[2] += len(labels)
-        return losses.mean()
+        images, labels = batch
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        size = self.hparams.batch_size or len(labels)
+        for step_batch in zip(images.split(size), labels.split(size), strict=True):
+            losses, preds, step_labels = self._step(step_batch)
+            loss = losses.mean()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            with torch.no_grad():
+                self.train_sums[0] += losses.sum()
+                self.train_sums[1] += (preds == step_labels).sum()
+                self.train_sums[2] += len(step_labels)
+        # The last step's loss, for callbacks (a NaN anywhere in the batch carries on to it).
+        return loss.detach()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         preds, labels = self._eval_step(batch, "val")
@@ -155,8 +177,19 @@ class Classifier(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(
-            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-        )
-        schedule = {"scheduler": scheduler, "interval": "step"}
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self._total_steps())
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _total_steps(self) -> int:
+        """Optimizer steps in the whole run (for schedules): Lightning counts training batches,
+        which may hold several steps each (`batch_size`)."""
+        trainer = self.trainer
+        batches = int(trainer.estimated_stepping_batches)  # also sets up the training loader
+        loader = trainer.train_dataloader
+        per_batch = getattr(loader, "per_fetch", 1)
+        if per_batch == 1:
+            return batches
+        # The last batch of an epoch may hold fewer steps than the others.
+        per_epoch = min(trainer.num_training_batches * per_batch, loader.steps_per_epoch)
+        total = per_epoch * max(trainer.max_epochs, 1)
+        return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
