@@ -77,8 +77,8 @@ class StopOnDivergence(L.Callback):
 
     Reading the loss on the host stalls a GPU's queue, so on a GPU it is read every
     `check_every_n_batches` training batches (default 20; every batch on the CPU, where it is
-    free), with a flag on the device remembering any bad loss in between. It is also read before every checkpoint,
-    so no checkpoint ever holds diverged weights.
+    free), with a flag on the device remembering any bad loss in between. It is also read
+    before every checkpoint, so no checkpoint ever holds diverged weights.
 
     Args:
         lr: the configured learning rate (optimizer.lr), named in the error.
