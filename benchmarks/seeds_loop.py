@@ -1,7 +1,7 @@
 """The tutorial's own loop, recipe and data pipeline on the same data, over several seeds.
 
-    python -m benchmarks.seeds_loop --seeds 0 1 2 \
-        data.source=folder data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg
+    python -m benchmarks.seeds_loop data.source=folder \
+        data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg --seeds 0 1 2
 
 The yardstick for the reproduction table's tutorial row (README, "Reproducing the studies"):
 the published 53% was measured on the official test set, while this copy is JPEG with 5,000
