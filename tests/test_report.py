@@ -25,8 +25,9 @@ FINISHED = ["k3_seed1", "k3_seed2", "k5_seed1", "k5_seed2"]
 def sweep(tmp_path_factory) -> Path:
     """kernel 3 and 5 with seeds 1 and 2, then kernel 13, which does not fit the tutorial net.
 
-    Hydra's basic launcher stops at the first failed job (k13_seed1); a launcher that runs on
-    past failures also leaves k13_seed2. Either way the folders follow the sweep contract.
+    Run by Hydra's basic launcher (every job in this one child process: faster than a process
+    per job), which stops at the first failed job (k13_seed1); the parallel launcher, which runs
+    on past failures, is tested in tests/test_sweeps.py. The report reads folders either way.
     """
     tmp = tmp_path_factory.mktemp("sweep")
     data = make_folder_tree(tmp / "data")
@@ -39,6 +40,7 @@ def sweep(tmp_path_factory) -> Path:
         "seed=1,2",
         f"hydra.sweep.dir={tmp / 'sweep'}",
         "hydra.sweep.subdir=k${model.net.kernel_size}_seed${seed}",
+        "hydra/launcher=basic",
     )
     folder = tmp / "sweep"
     for name in FINISHED:
