@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.eval import evaluate
@@ -76,6 +77,16 @@ def test_fetching_several_batches_at_once_trains_the_same_weights(folder_data, t
     ]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_max_steps_counts_optimizer_steps_inside_a_fetch(folder_data, tmp_path):
+    # 7 steps of batch 8, in fetches of 5 batches: the second fetch stops after its 2nd batch,
+    # and the one-cycle schedule (7 steps long) is not stepped past its end.
+    train_tiny(
+        tmp_path, folder_data, "data.fetch_size=40", "scheduler=onecycle", "+trainer.max_steps=7"
+    )
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 7
 
 
 def test_eval_reproduces_the_test_accuracy_train_printed(folder_data, tmp_path):

@@ -106,7 +106,10 @@ class Classifier(L.LightningModule):
         images, labels = batch
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         size = self.hparams.batch_size or len(labels)
+        max_steps = self.trainer.max_steps
         for step_batch in zip(images.split(size), labels.split(size), strict=True):
+            if 0 < max_steps <= self.trainer.global_step:
+                break  # trainer.max_steps counts optimizer steps, even inside a batch
             losses, preds, step_labels = self._step(step_batch)
             loss = losses.mean()
             optimizer.zero_grad()
