@@ -10,7 +10,6 @@ above the target.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,8 +142,7 @@ def lab_time_to_accuracy(
     model = build_model(cfg, dm)
     clock = TrainClock()
     stop = EarlyStopping("val/acc", mode="max", stopping_threshold=target, patience=10**9)
-    # Training batches of Lightning's loop, each holding dm.per_fetch optimizer steps.
-    batches = math.ceil(len(dm.train_idx) / (dm.batch_size * dm.per_fetch))
+    batches = len(dm.train_dataloader())  # Lightning's training batches (fetches) per epoch
     trainer = build_trainer(
         cfg,
         [clock, stop],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from src.models import ConvNet
+from benchmarks.common import build_net, compose_train
 
 VARIANTS = {
     "fp32 (default)": {},
@@ -38,14 +39,9 @@ VARIANTS = {
 
 
 def tutorial_net() -> torch.nn.Module:
-    return ConvNet(
-        channels=[6, 16],
-        kernel_size=5,
-        padding="valid",
-        pool=True,
-        hidden=[120, 84],
-        num_classes=10,
-    )
+    """The tutorial preset's network (conf/model/tutorial.yaml), freshly initialised."""
+    cfg = compose_train(["model=tutorial"], Path(tempfile.gettempdir()) / "cifar10-lab-variants")
+    return build_net(cfg, num_classes=10)
 
 
 def make_step(

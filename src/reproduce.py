@@ -145,13 +145,6 @@ def describe_hardware(cfg: DictConfig) -> str:
     return f"{cores}-core CPU ({cpu}), no GPU"
 
 
-def probe_fetches(cfg: DictConfig) -> int:
-    """Training batches of Lightning's loop (fetches of several batches) a probe runs to time at
-    least PROBE_BATCHES batches."""
-    per_fetch = batches_per_fetch(cfg.data.batch_size, cfg.data.fetch_size)
-    return -(-PROBE_BATCHES // per_fetch)
-
-
 def train_args(row: Row, seed: int, probe_fetches: int | None = None) -> list[str]:
     """The overrides of one run (without the user's data overrides); a timing probe of
     `probe_fetches` training batches of Lightning's loop if given."""
@@ -195,7 +188,10 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
     run_dir = RUNS / row.slug / ("probe" if probe else f"seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
     cfg = recipe(row, overrides)
-    fetches = probe_fetches(cfg) if probe else None
+    per_fetch = batches_per_fetch(cfg.data.batch_size, cfg.data.fetch_size)
+    # A probe times at least PROBE_BATCHES batches: whole training batches of Lightning's loop,
+    # each a fetch of per_fetch batches.
+    fetches = -(-PROBE_BATCHES // per_fetch) if probe else None
     args = [*train_args(row, seed, fetches), *overrides]
     command = [
         sys.executable,
@@ -227,9 +223,7 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
         "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
     }
     if probe:
-        record["probe_batches"] = fetches * batches_per_fetch(
-            cfg.data.batch_size, cfg.data.fetch_size
-        )
+        record["probe_batches"] = fetches * per_fetch
     return record
 
 

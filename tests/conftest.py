@@ -110,6 +110,16 @@ def tiny_overrides(tmp_path: Path, data_root: Path, source: str = "folder") -> l
     ]
 
 
+def real_overrides(root: Path) -> list[str]:
+    """Overrides for a run on the real copy at `root`, on the CPU, without a progress bar."""
+    return [
+        "data.source=folder",
+        f"data.root={root}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
 def compose_config(name: str, overrides: list[str], run_dir: Path) -> DictConfig:
     """Compose a real config as the command line would, with Hydra's runtime set to run_dir."""
     GlobalHydra.instance().clear()

@@ -7,7 +7,7 @@ import pytest
 
 from src.data import CIFAR10DataModule
 from src.train import train
-from tests.conftest import OFFICIAL_CLASSES, compose_config
+from tests.conftest import OFFICIAL_CLASSES, compose_config, real_overrides
 
 
 def test_real_copy_decodes_to_the_cifar10_layout(real_data):
@@ -23,13 +23,6 @@ def test_real_copy_decodes_to_the_cifar10_layout(real_data):
 
 @pytest.mark.slow
 def test_tutorial_net_learns_on_real_data_in_one_epoch(real_data, tmp_path):
-    overrides = [
-        "model=tutorial",
-        "data.source=folder",
-        f"data.root={real_data}",
-        "trainer.max_epochs=1",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-    ]
+    overrides = ["model=tutorial", "trainer.max_epochs=1", *real_overrides(real_data)]
     metrics = train(compose_config("train", overrides, tmp_path / "run"))
     assert metrics["test/acc"] > 40  # chance is 10%; the default recipe reaches about 48%

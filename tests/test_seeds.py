@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from src import reproduce
 from src.models.convnet import count_parameters, layer_summary
 from src.train import train
-from tests.conftest import CONF, compose_config, run_cli
+from tests.conftest import CONF, compose_config, real_overrides, run_cli
 
 # Parameter counts of the layer lists in seed-models.md, counted by hand (10 classes).
 PRESETS = {
@@ -335,13 +335,6 @@ def test_recipes_split_the_real_copy_as_the_studies_did(name, n_train, n_val, re
 @pytest.mark.slow
 def test_tutorial_experiment_lands_near_the_published_53_percent(real_data, tmp_path):
     """The issue's acceptance check: within 2 points of 53% (this copy is JPEG: expect ~54%)."""
-    overrides = [
-        "experiment=seed000_tutorial",
-        "data.source=folder",
-        f"data.root={real_data}",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-        "threads=1",
-    ]
+    overrides = ["experiment=seed000_tutorial", "threads=1", *real_overrides(real_data)]
     metrics = train(compose_config("train", overrides, tmp_path / "run"))
     assert abs(metrics["test/acc"] - 53) <= 2, metrics["test/acc"]

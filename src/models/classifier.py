@@ -194,5 +194,5 @@ class Classifier(L.LightningModule):
             return batches
         # The last batch of an epoch may hold fewer steps than the others.
         per_epoch = min(trainer.num_training_batches * per_batch, loader.steps_per_epoch)
-        total = per_epoch * max(trainer.max_epochs, 1)
+        total = per_epoch * trainer.max_epochs
         return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
