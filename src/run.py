@@ -42,16 +42,15 @@ def auto_precision(accelerator: str) -> str:
 
 def register_resolvers() -> None:
     """Resolvers the configs use; registered before Hydra composes anything."""
-    from src.models.scaling import conv_widths, pool_plan
+    from src.models.scaling import conv_widths
 
     resolvers = {
         "auto_precision": auto_precision,
         # The process id makes run folders unique even for runs started in the same second.
         "pid": os.getpid,
         "cores": available_cores,
-        # The general ConvNet preset (conf/model/convnet.yaml): per-layer widths and pools.
+        # The general ConvNet preset (conf/model/convnet.yaml): its per-layer widths.
         "conv_widths": conv_widths,
-        "pool_plan": pool_plan,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

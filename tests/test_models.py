@@ -42,9 +42,14 @@ def test_per_layer_options_and_same_padding():
 
 def test_kernel_too_large_for_its_input_names_the_layer():
     with pytest.raises(GeometryError, match=r"conv3 \(kernel 7, padding valid\).*5x5 input"):
-        ConvNet(channels=[6, 16, 32], kernel_size=[5, 5, 7])  # 32->28->14->10->5, then 7 > 5
+        ConvNet(channels=[6, 16, 32], kernel_size=[5, 5, 7], pool=True)  # 32->28->14->10->5
     with pytest.raises(GeometryError, match="conv4"):
         ConvNet(channels=[6, 16, 32, 64], kernel_size=5, pool=[True, True, False, False])
+
+
+def test_auto_pools_place_the_pools_where_they_fit():
+    net = ConvNet(channels=[100, 180, 240], kernel_size=5)  # seed 000 B: 28, 14, 10, 5, 1
+    assert [type(m).__name__ for m in net.features].count("MaxPool2d") == 2 and net.out_size == 1
 
 
 def test_pool_on_a_1x1_map_is_a_geometry_error():
@@ -53,7 +58,7 @@ def test_pool_on_a_1x1_map_is_a_geometry_error():
 
 
 def test_per_layer_lists_must_match_depth():
-    with pytest.raises(ConfigError, match="kernel_size has 2 values for 3 layers"):
+    with pytest.raises(ConfigError, match=r"model.kernel_size has 2 values \[3, 3\] for 3 layers"):
         ConvNet(channels=[8, 8, 8], kernel_size=[3, 3])
     with pytest.raises(ConfigError, match="channels must all be positive"):
         ConvNet(channels=[8, 0])

@@ -36,10 +36,10 @@ def sweep(tmp_path_factory) -> Path:
         "-m",
         *tiny_overrides(tmp, data),
         "trainer.max_epochs=1",
-        "model.net.kernel_size=3,5,13",
+        "model.kernel_size=3,5,13",
         "seed=1,2",
         f"hydra.sweep.dir={tmp / 'sweep'}",
-        "hydra.sweep.subdir=k${model.net.kernel_size}_seed${seed}",
+        "hydra.sweep.subdir=k${model.kernel_size}_seed${seed}",
         "hydra/launcher=basic",
     )
     folder = tmp / "sweep"
@@ -59,7 +59,7 @@ def _rows(path: Path) -> list[dict]:
 
 def test_report_tables_every_job_with_seed_statistics(sweep, tmp_path):
     report = make_report(sweep, tmp_path / "report")
-    assert report["swept"] == ["model.net.kernel_size", "seed"]
+    assert report["swept"] == ["model.kernel_size", "seed"]
     jobs = {row["job"]: row for row in _rows(tmp_path / "report" / "jobs.csv")}
     assert set(FINISHED) <= set(jobs) and "k13_seed1" in jobs
     for name in FINISHED:
@@ -68,10 +68,10 @@ def test_report_tables_every_job_with_seed_statistics(sweep, tmp_path):
         assert float(jobs[name]["test/acc"]) == pytest.approx(metrics["test/acc"])
         assert int(jobs[name]["params"]) == metrics["params"]
     failed = [row for row in jobs.values() if row["status"] == "failed"]
-    assert failed and all(row["model.net.kernel_size"] == "13" for row in failed)
+    assert failed and all(row["model.kernel_size"] == "13" for row in failed)
     assert all("kernel 13" in row["error"] for row in failed)
 
-    seeds = {row["model.net.kernel_size"]: row for row in _rows(tmp_path / "report" / "seeds.csv")}
+    seeds = {row["model.kernel_size"]: row for row in _rows(tmp_path / "report" / "seeds.csv")}
     assert set(seeds) == {"3", "5"}  # the failed kernel has no finished run to average
     for kernel in ("3", "5"):
         accs = [_metrics(sweep, f"k{kernel}_seed{s}")["test/acc"] for s in (1, 2)]
@@ -88,7 +88,7 @@ def test_report_tables_every_job_with_seed_statistics(sweep, tmp_path):
 def test_report_draws_its_plots(sweep, tmp_path):
     report = make_report(sweep, tmp_path / "report")
     names = {path.name for path in report["plots"]}
-    assert names == {"acc_vs_model.net.kernel_size.png", "per_class_best.png", "time_vs_acc.png"}
+    assert names == {"acc_vs_model.kernel_size.png", "per_class_best.png", "time_vs_acc.png"}
     for path in report["plots"]:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 400 and image.height > 250
@@ -144,5 +144,5 @@ def test_tensorboard_on_a_sweep_names_each_run_by_its_job(sweep):
         ).plugin_data.content
         hparams = hp_metadata.parse_session_start_info_plugin_data(content).hparams
         kernel, seed = name.removeprefix("k").split("_seed")
-        assert hparams["model.net.kernel_size"].number_value == int(kernel)
+        assert hparams["model.kernel_size"].number_value == int(kernel)
         assert hparams["seed"].number_value == int(seed)

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from src import reproduce
 from src.models.convnet import count_parameters, layer_summary
-from src.train import train
+from src.train import final_weights_rule, train
 from tests.conftest import CONF, compose_config, real_overrides, run_cli
 
 # Parameter counts of the layer lists in seed-models.md, counted by hand (10 classes).
@@ -55,7 +55,8 @@ def build(*overrides: str) -> torch.nn.Module:
 
 def test_every_preset_has_a_count_and_every_experiment_a_table_row():
     general = {"convnet"}  # the sweeps' general network, not a study's (README "Sweeps")
-    assert set(PRESETS) == {p.stem for p in (CONF / "model").glob("*.yaml")} - general
+    presets = {p.stem for p in (CONF / "model").glob("*.yaml") if not p.stem.startswith("_")}
+    assert set(PRESETS) == presets - general
     assert set(EXPERIMENTS) == {row.experiment for row in reproduce.ROWS}
     assert len(EXPERIMENTS) == 12
 
@@ -95,10 +96,10 @@ def test_bn6_summary_matches_seed_003_torchinfo_rows():
 @pytest.mark.parametrize(
     ("overrides", "params"),
     [
-        (["model=conv2", "model.width=170"], 5076 * 170 + 509_634),  # seed 000's widest
+        (["model=conv2", "model.n=170"], 5076 * 170 + 509_634),  # seed 000's widest
         (["model=tutorial", "model.c1=128"], 120_078),  # seed 001 run 3
         (["experiment=seed001_run3"], 120_078),
-        (["experiment=seed000_width", "model.width=90"], 5076 * 90 + 509_634),
+        (["experiment=seed000_width", "model.n=90"], 5076 * 90 + 509_634),
         (["model=vgg6", "model.batch_norm=true", "model.dropout=0.5"], 5_851_338 + 2 * 864),
     ],
 )
@@ -106,9 +107,49 @@ def test_study_knobs_are_one_override_each(overrides, params):
     assert count_parameters(build(*overrides)) == params
 
 
+@pytest.mark.parametrize("preset", [*PRESETS, "convnet"])
+def test_every_preset_takes_the_same_knobs(preset):
+    net = build(
+        f"model={preset}",
+        "model.widths=[8,12]",
+        "model.kernel_size=3",
+        "model.padding=1",
+        "model.pool=auto",  # vgg6 and bn6 list one pool per layer of their own depth
+        "model.conv_dropout=0",
+        "model.batch_norm=true",
+        "model.hidden=[20]",
+        "model.dropout=0.25",
+    )
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(8, (3, 3)), (12, (3, 3))]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.features) == 2
+    linears = [m.out_features for m in net.classifier if isinstance(m, torch.nn.Linear)]
+    assert linears == [20, 10]
+    assert [m.p for m in net.classifier if isinstance(m, torch.nn.Dropout)] == [0.25]
+
+
+@pytest.mark.parametrize("preset", ["tutorial", "cnn3", "lenet3"])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_one_kernel_size_override_for_every_preset(preset, kernel):
+    # python -m src.train -m model=tutorial,cnn3,lenet3 model.kernel_size=3,5
+    net = build(f"model={preset}", f"model.kernel_size={kernel}")
+    assert {m.kernel_size for m in net.features if isinstance(m, torch.nn.Conv2d)} == {
+        (kernel, kernel)
+    }
+    assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_a_per_layer_list_of_another_depth_says_what_to_give():
+    with pytest.raises(Exception, match=r"model.pool has 6 values .* for 4 layers"):
+        build("model=vgg6", "model.widths=[32,64,128,128]")
+    net = build("model=vgg6", "model.widths=[32,64,128,128]", "model.pool=[false,true,false,true]")
+    assert net.out_size == 8
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_pins_its_recipe(name):
     cfg = compose_only(f"experiment={name}")
+    final_weights_rule(cfg)  # what src.train applies to every config
     assert not cfg.get("scheduler")  # scheduler=none: a constant learning rate
     assert cfg.data.augment == ("seed004" if name.startswith("seed004") else "none")
     assert cfg.data.normalize == "seed"

@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -13,7 +14,8 @@ from omegaconf import OmegaConf
 from hydra_plugins.cifar10_lab_launcher.naming import job_name, swept_keys, values
 from hydra_plugins.cifar10_lab_launcher.slots import compact, plan_slots, resolve_devices
 from src.errors import ConfigError, GeometryError
-from src.models.scaling import conv_widths, pool_plan
+from src.models.convnet import auto_pools
+from src.models.scaling import conv_widths
 from tests.conftest import CONF, compose_config
 
 
@@ -63,25 +65,27 @@ def test_job_names_hold_only_the_swept_values():
 @pytest.mark.parametrize("depth", [2, 3, 4, 6])
 @pytest.mark.parametrize("kernel", [2, 3, 5, 7])
 def test_every_depth_and_kernel_fits_with_same_padding(depth, kernel):
-    pools = pool_plan(depth, kernel, "same")
     net = instantiate(
         {
             "_target_": "src.models.ConvNet",
             "channels": conv_widths(8, depth, 2, 64),
             "kernel_size": kernel,
             "padding": "same",
-            "pool": pools,
+            "pool": "auto",
             "hidden": [16],
         }
     )
-    assert net.out_size >= 1 and sum(pools) == min(depth, 5)
+    pools = sum(isinstance(layer, torch.nn.MaxPool2d) for layer in net.features)
+    assert net.out_size >= 1 and pools == min(depth, 5)
 
 
 def test_auto_pools_reproduce_the_seed_geometries():
     # Seed 000: two 5x5 convs pool twice (5x5 maps); a third 5x5 conv fits only unpooled.
-    assert pool_plan(2, 5, "valid") == [True, True]
-    assert pool_plan(3, 5, "valid") == [True, True, False]
-    assert pool_plan(4, 3, "valid") == [True, True, False, True]  # 30,15,13,6,4,2,1
+    assert auto_pools([5, 5], ["valid"] * 2, 32) == [True, True]
+    assert auto_pools([5, 5, 5], ["valid"] * 3, 32) == [True, True, False]
+    assert auto_pools([3] * 4, ["valid"] * 4, 32) == [True, True, False, True]  # 30,15,13,6,4,2,1
+    # Seed 000 C: 3x3, 3x3, 2x2, 2x2 convs, 32->30->15->13->6->5->2->1.
+    assert auto_pools([3, 3, 2, 2], ["valid"] * 4, 32) == [True, True, True, False]
 
 
 def test_impossible_points_fail_with_the_layer_named(tmp_path):
@@ -94,17 +98,18 @@ def test_impossible_points_fail_with_the_layer_named(tmp_path):
     while root.__cause__ is not None:
         root = root.__cause__
     assert isinstance(root, GeometryError) and "conv6" in str(root)
-    with pytest.raises(ConfigError, match="model.depth=3"):
-        conv_widths([8, 16], 3)
+    with pytest.raises(ConfigError, match="model.depth must be at least 1"):
+        conv_widths(8, 0)
 
 
 def test_widths_grow_and_cap(tmp_path: Path):
     assert conv_widths(32, 4, 2, 128) == [32, 64, 128, 128]
     assert conv_widths(16, 3, 1, None) == [16, 16, 16]
     cfg = compose_config(
-        "train", ["model=convnet", "model.width=[8,16]", "model.depth=2"], tmp_path / "run"
+        "train", ["model=convnet", "model.widths=[8,16]"], tmp_path / "run"
     )
-    assert list(instantiate(cfg.model.net).features[0].weight.shape[:1]) == [8]
+    convs = [m for m in instantiate(cfg.model.net).features if isinstance(m, torch.nn.Conv2d)]
+    assert [conv.out_channels for conv in convs] == [8, 16]
 
 
 def sweep_grid(sweep: str, tmp_path: Path) -> list[list[str]]:

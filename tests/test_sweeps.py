@@ -70,7 +70,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(folder_data, tmp_path):
         "model=convnet",
         "model.kernel_size=7",
         "model.depth=2,6",
-        "model.width=4",
+        "model.base_width=4",
     )
     result = run_cli("src.train", *args)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -161,7 +161,7 @@ def test_optuna_trials_run_through_the_parallel_launcher(folder_data, tmp_path):
     results = tmp_path / "sweep" / "optimization_results.yaml"
     best = yaml.safe_load(results.read_text())
     assert best["best_value"] == max(j["return_value"] for j in jobs.values())
-    params = {"optimizer.lr", "model.width", "model.depth", "model.kernel_size"}
+    params = {"optimizer.lr", "model.base_width", "model.depth", "model.kernel_size"}
     assert set(best["best_params"]) == params
 
     # Relaunched on its folder, the seeded sampler asks for the same trials: all reused.

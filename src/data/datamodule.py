@@ -43,7 +43,9 @@ class CIFAR10DataModule(L.LightningDataModule):
             fraction in (0, 1). 0 means no validation.
         val_from: "train" (carve `val_size` from the training split) or "test" (seed 004's
             recipe: the test split doubles as validation, so it also picks the checkpoint).
-        split_seed: the validation split is a function of this seed alone.
+        split_seed: the validation split is a function of this seed alone (default 0, the same
+            split for every run, so seed repeats are scored on the same images).
+        seed: the order of the training images (a new permutation per epoch from it).
         augment: training augmentation preset (see src.data.augment.PRESETS).
         normalize: "seed" (mean 0.5, std 0.5 as in the studies) or "dataset" (the training
             split's own mean and std).
@@ -66,6 +68,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         val_size: float = 5000,
         val_from: str = "train",
         split_seed: int = 0,
+        seed: int = 0,
         augment: str = "none",
         normalize: str = "seed",
         on_device: bool = True,
@@ -99,6 +102,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             drop_last,
         )
         self.val_size, self.val_from, self.split_seed = val_size, val_from, split_seed
+        self.seed = seed
         self.normalize, self.on_device = normalize, on_device
         self.per_fetch = batches_per_fetch(batch_size, fetch_size)
         self.data: CachedData | None = None
@@ -170,7 +174,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         sampler = EpochShuffle(
-            indices, shuffle=train, seed=self.split_seed, rank=rank, world_size=world
+            indices, shuffle=train, seed=self.seed, rank=rank, world_size=world
         )
         if not train:
             return TensorBatchLoader(images, labels, sampler, self.eval_batch_size)

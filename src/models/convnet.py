@@ -22,7 +22,10 @@ def per_layer(value: T | Sequence[T], n: int, name: str) -> list[T]:
     """Broadcast one value to `n` layers, or check that a list has one value per layer."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != n:
-            raise ConfigError(f"model {name} has {len(value)} values for {n} layers: {list(value)}")
+            raise ConfigError(
+                f"model.{name} has {len(value)} values {list(value)} for {n} layers: give one "
+                f"value, or one per layer (the conv layers are model.widths)"
+            )
         return list(value)
     return [value] * n
 
@@ -35,6 +38,24 @@ def conv_output_size(size: int, kernel: int, padding: int | str) -> int:
     return size + 2 * int(padding) - kernel + 1
 
 
+def auto_pools(kernels: list[int], paddings: list[int | str], image_size: int) -> list[bool]:
+    """Where `pool="auto"` puts the 2x2 max-pools: after each conv layer, as long as the layers
+    after it still fit the halved map, so every depth gets a valid geometry when one exists."""
+    depth = len(kernels)
+    # need[i]: the smallest map that conv layers i.. can take without pooling.
+    need = [1] * (depth + 1)
+    for i in reversed(range(depth)):
+        need[i] = max(1, need[i + 1] - conv_output_size(0, kernels[i], paddings[i]))
+    plan, size = [], image_size
+    for i in range(depth):
+        size = conv_output_size(size, kernels[i], paddings[i])
+        fits = size >= 2 and size // 2 >= need[i + 1]
+        plan.append(fits)
+        if fits:
+            size //= 2
+    return plan
+
+
 class ConvNet(nn.Module):
     """Conv layers then a fully connected head.
 
@@ -42,7 +63,8 @@ class ConvNet(nn.Module):
         channels: output channels of each conv layer (its length is the conv depth).
         kernel_size: one size for every conv layer, or one per layer.
         padding: "valid" (0, the seeds' default), "same", or an int; one or one per layer.
-        pool: whether each conv layer ends with a 2x2 max-pool; one or one per layer.
+        pool: whether each conv layer ends with a 2x2 max-pool; one or one per layer, or
+            "auto" (after each layer while the layers after it still fit: `auto_pools`).
         batch_norm: BatchNorm2d after each conv (before the ReLU); one or one per layer.
         conv_dropout: dropout after each conv layer (0 for none); one or one per layer.
         hidden: sizes of the hidden linear layers of the head.
@@ -54,7 +76,7 @@ class ConvNet(nn.Module):
         channels: Sequence[int],
         kernel_size: int | Sequence[int] = 3,
         padding: int | str | Sequence[int | str] = "valid",
-        pool: bool | Sequence[bool] = True,
+        pool: str | bool | Sequence[bool] = "auto",
         batch_norm: bool | Sequence[bool] = False,
         conv_dropout: float | Sequence[float] = 0.0,
         hidden: Sequence[int] = (),
@@ -72,6 +94,11 @@ class ConvNet(nn.Module):
                 raise ConfigError(f"model {name} must all be positive, got {list(sizes)}")
         kernels = per_layer(kernel_size, depth, "kernel_size")
         paddings = per_layer(padding, depth, "padding")
+        for i, pad in enumerate(paddings, start=1):
+            if pad not in ("same", "valid") and not isinstance(pad, int):
+                raise ConfigError(f"conv{i} padding must be 'valid', 'same' or an int, got {pad!r}")
+        if pool == "auto":
+            pool = auto_pools(kernels, paddings, image_size)
         pools = per_layer(pool, depth, "pool")
         norms = per_layer(batch_norm, depth, "batch_norm")
         conv_drops = per_layer(conv_dropout, depth, "conv_dropout")
@@ -80,8 +107,6 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         size, width = image_size, in_channels
         for i, (out, k, pad) in enumerate(zip(channels, kernels, paddings, strict=True), start=1):
-            if pad not in ("same", "valid") and not isinstance(pad, int):
-                raise ConfigError(f"conv{i} padding must be 'valid', 'same' or an int, got {pad!r}")
             if conv_output_size(size, k, pad) < 1:
                 raise GeometryError(
                     f"conv{i} (kernel {k}, padding {pad}) does not fit its {size}x{size} input: "
