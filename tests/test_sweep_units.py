@@ -105,9 +105,7 @@ def test_impossible_points_fail_with_the_layer_named(tmp_path):
 def test_widths_grow_and_cap(tmp_path: Path):
     assert conv_widths(32, 4, 2, 128) == [32, 64, 128, 128]
     assert conv_widths(16, 3, 1, None) == [16, 16, 16]
-    cfg = compose_config(
-        "train", ["model=convnet", "model.widths=[8,16]"], tmp_path / "run"
-    )
+    cfg = compose_config("train", ["model=convnet", "model.widths=[8,16]"], tmp_path / "run")
     convs = [m for m in instantiate(cfg.model.net).features if isinstance(m, torch.nn.Conv2d)]
     assert [conv.out_channels for conv in convs] == [8, 16]
 

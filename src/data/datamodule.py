@@ -173,9 +173,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
-        sampler = EpochShuffle(
-            indices, shuffle=train, seed=self.seed, rank=rank, world_size=world
-        )
+        sampler = EpochShuffle(indices, shuffle=train, seed=self.seed, rank=rank, world_size=world)
         if not train:
             return TensorBatchLoader(images, labels, sampler, self.eval_batch_size)
         return TensorBatchLoader(
