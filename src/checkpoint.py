@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from src.errors import CheckpointError, first_line
+from src.errors import CheckpointError
 from src.models import Classifier
 
 
@@ -20,9 +20,8 @@ def read_checkpoint(path: str | Path, keys: tuple[str, ...] = ("state_dict",)) -
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip, and format errors all mean "not a usable checkpoint"
-        # A broken zip archive says which way it is broken in its first sentence.
-        why = first_line(err).split(". ")[0] if isinstance(err, RuntimeError) else ""
-        why = why or "not a file torch.save wrote"
+        broken_zip = isinstance(err, RuntimeError) and "zip archive" in str(err)
+        why = "a truncated or damaged file" if broken_zip else "not a file torch.save wrote"
         raise CheckpointError(
             f"cannot read checkpoint {path} ({why}): it is corrupt or not a cifar10-lab "
             "checkpoint; pass a run's checkpoints/best.ckpt or last.ckpt"
