@@ -71,7 +71,7 @@ def _images_under(folder: Path) -> list[Path]:
             else:
                 others += 1
     if others:
-        log.info("skipped %d files in %s that are not images (by their extension)", others, folder)
+        log.info("files in %s skipped as not images (by their extension): %d", folder, others)
     return sorted(images)
 
 
