@@ -219,19 +219,20 @@ def predict(cfg: DictConfig) -> dict:
     top_k = min(cfg.top_k, len(model.class_names))
     classify(model, predictions, top_k, cfg.batch_size, _device(cfg.device), cfg.grid_images)
 
-    write_csv(out_dir / "predictions.csv", predictions)
     done = [item for item in predictions if item.top]
-    if done:
-        shown = done[: cfg.grid_images]
-        labelled = all(item.true is not None for item in shown)
-        figure = prediction_grid_figure(
-            np.stack([item.pixels for item in shown]),
-            model.class_names,
-            [model.class_names.index(item.top[0][0]) for item in shown],
-            [model.class_names.index(item.true) for item in shown] if labelled else None,
-            [item.top[0][1] for item in shown],
-        )
-        save_png(figure, out_dir / "predictions.png")
+    if not done:  # each file's error is on the console already
+        raise DataError(f"none of the {len(predictions)} files is a readable image")
+    write_csv(out_dir / "predictions.csv", predictions)
+    shown = done[: cfg.grid_images]
+    labelled = all(item.true is not None for item in shown)
+    figure = prediction_grid_figure(
+        np.stack([item.pixels for item in shown]),
+        model.class_names,
+        [model.class_names.index(item.top[0][0]) for item in shown],
+        [model.class_names.index(item.true) for item in shown] if labelled else None,
+        [item.top[0][1] for item in shown],
+    )
+    save_png(figure, out_dir / "predictions.png")
     print_predictions(predictions, cfg.print_limit)
     accuracy = folder_accuracy(predictions)
     print_accuracy(accuracy)
@@ -240,8 +241,6 @@ def predict(cfg: DictConfig) -> dict:
         "classified %d of %d files (%d unreadable); predictions.csv and predictions.png in %s",
         len(done), len(predictions), failed, out_dir,
     )  # fmt: skip
-    if not done:
-        raise DataError(f"none of the {len(predictions)} files is a readable image")
     return {
         "classified": len(done),
         "failed": failed,
