@@ -62,11 +62,13 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The most recently changed run or sweep folder (a sweep shows every job), or LOGDIR=<folder>.
+# The run or sweep folder (a sweep shows every job) with the newest TensorBoard events, or
+# LOGDIR=<folder>. Runs stopped by a mistake before training write none, so they are never picked.
 tensorboard: install
 	@logdir="$(LOGDIR)"; \
-	[ -n "$$logdir" ] || logdir="$$(ls -dt outputs/runs/*/* outputs/sweeps/*/* 2>/dev/null | head -n 1)"; \
-	if [ -z "$$logdir" ]; then echo "no run or sweep in outputs/: train first, or pass LOGDIR=<folder>" >&2; exit 2; fi; \
+	[ -n "$$logdir" ] || logdir="$$(find outputs/runs outputs/sweeps -name 'events.out.tfevents.*' \
+		-printf '%T@ %p\n' 2>/dev/null | sort -n | tail -n 1 | cut -d' ' -f2- | cut -d/ -f1-4)"; \
+	if [ -z "$$logdir" ]; then echo "no TensorBoard logs in outputs/: train first, or pass LOGDIR=<folder>" >&2; exit 2; fi; \
 	echo "TensorBoard on $$logdir"; \
 	$(VENV)/bin/tensorboard --logdir "$$logdir" $(TB_ARGS)
 

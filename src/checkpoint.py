@@ -7,8 +7,32 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from src.errors import CheckpointError, first_line
+from src.errors import CheckpointError
 from src.models import Classifier
+
+
+def read_checkpoint(path: str | Path, keys: tuple[str, ...] = ("state_dict",)) -> dict:
+    """The checkpoint's contents (tensors and plain data only), or one CheckpointError line.
+
+    torch's own message for a file that is not a checkpoint suggests loading it with
+    weights_only=False, which is never the fix here (and runs whatever code the file holds).
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip, and format errors all mean "not a usable checkpoint"
+        broken_zip = isinstance(err, RuntimeError) and "zip archive" in str(err)
+        why = "a truncated or damaged file" if broken_zip else "not a file torch.save wrote"
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({why}): it is corrupt or not a cifar10-lab "
+            "checkpoint; pass a run's checkpoints/best.ckpt or last.ckpt"
+        ) from err
+    missing = [key for key in keys if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} holds no {missing[0]}: it is not a cifar10-lab checkpoint; pass a "
+            "run's checkpoints/best.ckpt or last.ckpt"
+        )
+    return checkpoint
 
 
 def load_classifier(path: str | Path, net_config: dict | None = None) -> Classifier:
@@ -18,15 +42,8 @@ def load_classifier(path: str | Path, net_config: dict | None = None) -> Classif
         raise CheckpointError(
             f"checkpoint {path} does not exist: pass ckpt_path=<run>/checkpoints/best.ckpt"
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        hparams = checkpoint["hyper_parameters"]
-        state = checkpoint["state_dict"]
-    except Exception as err:  # pickle, zip and key errors all mean "not a usable checkpoint"
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {first_line(err)}): it is "
-            "corrupt or not a cifar10-lab checkpoint"
-        ) from err
+    checkpoint = read_checkpoint(path, ("hyper_parameters", "state_dict"))
+    hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
     config = net_config or hparams["net_config"]
     net = instantiate(config, num_classes=len(hparams["class_names"]))
     model = Classifier(

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+import io
+
+from rich.console import Console, RenderableType
 from rich.table import Table
 
+from src.run import to_log_file
+
 console = Console()
+
+
+def show(renderable: RenderableType | str) -> None:
+    """Print to the console, and as plain text to the run's log, which keeps what was shown."""
+    console.print(renderable)
+    plain = Console(file=io.StringIO(), width=max(console.width, 80), color_system=None)
+    plain.print(renderable)
+    to_log_file(plain.file.getvalue().rstrip(), __name__)
 
 
 def print_layer_summary(name: str, rows: list[tuple[str, tuple, int]], total: int) -> None:
@@ -16,7 +28,7 @@ def print_layer_summary(name: str, rows: list[tuple[str, tuple, int]], total: in
     for layer, shape, params in rows:
         table.add_row(layer, " x ".join(map(str, shape)), f"{params:,}")
     table.add_row("total", "", f"{total:,}", style="bold")
-    console.print(table)
+    show(table)
 
 
 def _percent(value: float | None) -> str:
@@ -41,4 +53,4 @@ def print_results(metrics: dict) -> None:
         table.add_row("wall time", f"{metrics['wall_time_s']:.1f} s")
     if "run_dir" in metrics:
         table.add_row("run folder", metrics["run_dir"])
-    console.print(table)
+    show(table)

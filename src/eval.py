@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.checkpoint import load_classifier
 from src.console import print_results
+from src.distributed import check_devices
 from src.errors import DataError
 from src.models import Classifier
 from src.models.convnet import count_parameters
@@ -61,6 +62,7 @@ def save_prediction_grid(out_dir: Path, model: Classifier, images: torch.Tensor,
 def evaluate(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_devices(cfg.trainer)
     set_threads(cfg.threads)
     net_config = OmegaConf.to_container(cfg.model.net, resolve=True) if cfg.get("model") else None
     model = load_classifier(cfg.ckpt_path, net_config)

@@ -5,8 +5,9 @@ python -m src.predict ckpt_path=... 'inputs=[cat.jpg,data/test]'
 
 Prints the most probable classes of every image and writes predictions.csv (path, pred, prob,
 top_k, true, correct, error) and predictions.png to the run folder. A folder whose sub-folders
-are named after the classes (like data/test) also gets its accuracy. A file that is not a
-readable image gets its own error line; the others go on.
+are named after the classes (like data/test) also gets its accuracy. In folders, only files with
+an image extension are read. A file that is not a readable image gets its own error line; the
+others go on.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from omegaconf import DictConfig, ListConfig
 from rich.table import Table
 
 from src.checkpoint import load_classifier
-from src.console import console
-from src.data.sources import load_image
+from src.console import show
+from src.data.sources import IMAGE_SUFFIXES, load_image
 from src.errors import ConfigError, DataError
 from src.models import Classifier
 from src.plots import prediction_grid_figure, save_png
@@ -51,13 +52,27 @@ class Prediction:
         return None if self.true is None or not self.top else self.top[0][0] == self.true
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every file below `folder`, skipping hidden files and folders."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(folder).parts)
-    )
+def _images_under(folder: Path) -> list[Path]:
+    """The image files below `folder`, by their extension (others are never opened), skipping
+    hidden files and folders and the run folders of this project's tools (they hold .hydra/): a
+    folder classified from inside gets Hydra's outputs/ in it, with this tool's own
+    predictions.png, predictions.csv and predict.log."""
+    images, others = [], 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and not Path(root, d, ".hydra").is_dir()
+        ]
+        for name in files:
+            path = Path(root, name)
+            if name.startswith("."):
+                continue
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(path)
+            else:
+                others += 1
+    if others:
+        log.info("files in %s skipped as not images (by their extension): %d", folder, others)
+    return sorted(images)
 
 
 def collect_inputs(inputs: Sequence[str], class_names: Sequence[str]) -> list[Prediction]:
@@ -72,16 +87,19 @@ def collect_inputs(inputs: Sequence[str], class_names: Sequence[str]) -> list[Pr
             subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
             if subdirs and all(p.name in class_names for p in subdirs):
                 for sub in subdirs:
-                    found += [Prediction(f, sub.name, path) for f in _files_under(sub)]
+                    found += [Prediction(f, sub.name, path) for f in _images_under(sub)]
             else:
-                found += [Prediction(f) for f in _files_under(path)]
+                found += [Prediction(f) for f in _images_under(path)]
         else:
             raise DataError(
                 f"input {path} does not exist: pass image files or folders, "
                 "e.g. inputs=photos/ or 'inputs=[cat.jpg,photos/]'"
             )
     if not found:
-        raise DataError(f"no files in {list(inputs)}: pass image files or folders that hold some")
+        raise DataError(
+            f"no image files in {list(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}): "
+            "pass image files or folders that hold some"
+        )
     return found
 
 
@@ -170,9 +188,9 @@ def print_predictions(predictions: list[Prediction], limit: int) -> None:
             mark = "[green]" if item.correct else "[red]"
             cells.append(f"{mark}{item.true}[/]")
         table.add_row(*cells)
-    console.print(table)
+    show(table)
     if len(predictions) > limit:
-        console.print(f"... and {len(predictions) - limit} more in predictions.csv")
+        show(f"... and {len(predictions) - limit} more in predictions.csv")
 
 
 def print_accuracy(results: dict[Path, dict]) -> None:
@@ -185,7 +203,7 @@ def print_accuracy(results: dict[Path, dict]) -> None:
         for name, n in sorted(result["total"].items()):
             table.add_row(name, f"{n:,}", f"{result['correct'][name] / n:.2%}")
         table.add_row("all", f"{total:,}", f"{result['accuracy']:.2f}%", style="bold")
-        console.print(table)
+        show(table)
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -201,19 +219,20 @@ def predict(cfg: DictConfig) -> dict:
     top_k = min(cfg.top_k, len(model.class_names))
     classify(model, predictions, top_k, cfg.batch_size, _device(cfg.device), cfg.grid_images)
 
-    write_csv(out_dir / "predictions.csv", predictions)
     done = [item for item in predictions if item.top]
-    if done:
-        shown = done[: cfg.grid_images]
-        labelled = all(item.true is not None for item in shown)
-        figure = prediction_grid_figure(
-            np.stack([item.pixels for item in shown]),
-            model.class_names,
-            [model.class_names.index(item.top[0][0]) for item in shown],
-            [model.class_names.index(item.true) for item in shown] if labelled else None,
-            [item.top[0][1] for item in shown],
-        )
-        save_png(figure, out_dir / "predictions.png")
+    if not done:  # each file's error is on the console already
+        raise DataError(f"none of the {len(predictions)} files is a readable image")
+    write_csv(out_dir / "predictions.csv", predictions)
+    shown = done[: cfg.grid_images]
+    labelled = all(item.true is not None for item in shown)
+    figure = prediction_grid_figure(
+        np.stack([item.pixels for item in shown]),
+        model.class_names,
+        [model.class_names.index(item.top[0][0]) for item in shown],
+        [model.class_names.index(item.true) for item in shown] if labelled else None,
+        [item.top[0][1] for item in shown],
+    )
+    save_png(figure, out_dir / "predictions.png")
     print_predictions(predictions, cfg.print_limit)
     accuracy = folder_accuracy(predictions)
     print_accuracy(accuracy)
@@ -222,8 +241,6 @@ def predict(cfg: DictConfig) -> dict:
         "classified %d of %d files (%d unreadable); predictions.csv and predictions.png in %s",
         len(done), len(predictions), failed, out_dir,
     )  # fmt: skip
-    if not done:
-        raise DataError(f"none of the {len(predictions)} files is a readable image")
     return {
         "classified": len(done),
         "failed": failed,

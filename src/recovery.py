@@ -26,13 +26,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from src.checkpoint import read_checkpoint
 from src.errors import (
     CheckpointError,
     ConfigError,
     OutputError,
     TrainingDiverged,
     UserError,
-    first_line,
 )
 from src.run import RunRecord, atomic_write, find_user_error
 
@@ -194,7 +194,8 @@ class ResumeCheckpoint(Checkpoint):
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        trainer.save_checkpoint(self.path)
+        # The full training state; saying so keeps Lightning from logging its default every save.
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._last_save = time.monotonic()
         self._last_save_step = trainer.global_step
 
@@ -225,13 +226,7 @@ def resume_checkpoint(run_dir: Path, had_run: bool, ckpt_path: str | None) -> st
 
 def check_resumable(path: str, model: L.LightningModule) -> None:
     """Refuse, with one line, a checkpoint that is unreadable or holds another network."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as err:  # pickle, zip and key errors all mean "not a usable checkpoint"
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {first_line(err)}): it is "
-            "corrupt or not a cifar10-lab training checkpoint"
-        ) from err
+    state = read_checkpoint(path)["state_dict"]
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if found != expected:

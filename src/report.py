@@ -42,7 +42,7 @@ TITLES = {
     "params": "params",
     "wall_time_s": "wall time (s)",
 }
-BEST_RUNS = 3  # runs in the per-class plot, chosen by best validation accuracy
+BEST_RUNS = 3  # runs in the per-class plot, chosen by best validation (else test) accuracy
 
 
 @dataclass
@@ -249,19 +249,28 @@ def _label(job_or_group: Job | dict, keys: Sequence[str]) -> str:
     return ", ".join(f"{key}={_cell(values.get(key))}" for key in keys)
 
 
+def is_rate(key: str) -> bool:
+    """A learning rate (optimizer.lr, max_lr, ...): swept and read on a log scale."""
+    name = key.rsplit(".", 1)[-1]
+    return name in ("lr", "learning_rate") or name.endswith("_lr")
+
+
 def plot_accuracy_against(key: str, groups: list[dict], keys: Sequence[str]) -> Figure:
     """Best validation and test accuracy against one swept parameter, one line per setting of
-    the other swept parameters; error bars: standard deviation over seeds."""
+    the other swept parameters; error bars: standard deviation over seeds. Without validation
+    (data.val_size=0, or runs stopped before it) only the test panel is drawn."""
     others = [k for k in keys if k not in (key, REPEAT_KEY)]
     values = sorted({g[key] for g in groups}, key=_sort_key)
     numeric = all(_sort_key(v)[0] == 0 for v in values)
     positions = {v: (v if numeric else i) for i, v in enumerate(values)}
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    axes = figure.subplots(1, 2, sharey=True)
+    metrics = [m for m in ("val/acc_best", "test/acc") if any(g[m] is not None for g in groups)]
+    metrics = metrics or ["test/acc"]
+    figure = Figure(figsize=(5 * len(metrics), 4), layout="constrained")
+    axes = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
     lines: dict[tuple, list[dict]] = {}
     for group in groups:
         lines.setdefault(tuple(group[k] for k in others), []).append(group)
-    for axis, metric in zip(axes, ("val/acc_best", "test/acc"), strict=True):
+    for axis, metric in zip(axes, metrics, strict=True):
         for setting, members in sorted(
             lines.items(), key=lambda item: [_sort_key(v) for v in item[0]]
         ):
@@ -281,7 +290,7 @@ def plot_accuracy_against(key: str, groups: list[dict], keys: Sequence[str]) -> 
         axis.set_title(TITLES[metric])
         axis.set_xlabel(key)
         axis.grid(alpha=0.3)
-        if numeric and min(values) > 0 and max(values) / min(values) >= 20:
+        if numeric and min(values) > 0 and (is_rate(key) or max(values) / min(values) >= 20):
             axis.set_xscale("log")
             axis.minorticks_off()
         if (
@@ -290,7 +299,7 @@ def plot_accuracy_against(key: str, groups: list[dict], keys: Sequence[str]) -> 
             axis.set_xticks([positions[v] for v in values], [_cell(v) for v in values])
     axes[0].set_ylabel("accuracy (%)")
     if others:
-        axes[1].legend(fontsize=7)
+        axes[-1].legend(fontsize=7)
     seeds = max(g["seeds"] for g in groups)
     figure.suptitle(
         f"accuracy against {key}" + (f" (mean ± std over up to {seeds} seeds)" if seeds > 1 else "")
@@ -298,8 +307,8 @@ def plot_accuracy_against(key: str, groups: list[dict], keys: Sequence[str]) -> 
     return figure
 
 
-def plot_per_class(best: Sequence[Job], keys: Sequence[str]) -> Figure:
-    """Per-class test accuracy of the best runs (chosen by best validation accuracy)."""
+def plot_per_class(best: Sequence[Job], keys: Sequence[str], by: str = "validation") -> Figure:
+    """Per-class test accuracy of the best runs, chosen `by` validation (or test) accuracy."""
     classes = list(best[0].metrics["test/acc_per_class"])
     figure = Figure(figsize=(max(6, len(classes) * 0.9), 4), layout="constrained")
     axis = figure.add_subplot()
@@ -317,7 +326,7 @@ def plot_per_class(best: Sequence[Job], keys: Sequence[str]) -> Figure:
     axis.set_ylim(0, 100)
     axis.grid(axis="y", alpha=0.3)
     figure.legend(fontsize=7, loc="outside lower center")
-    axis.set_title(f"per-class test accuracy of the {len(best)} best runs (by validation)")
+    axis.set_title(f"per-class test accuracy of the {len(best)} best runs (by {by} accuracy)")
     return figure
 
 
@@ -344,6 +353,15 @@ def plot_time_against_accuracy(jobs: Sequence[Job], keys: Sequence[str]) -> Figu
     return figure
 
 
+def best_runs(done: Sequence[Job]) -> tuple[list[Job], str]:
+    """The BEST_RUNS finished jobs with per-class results, by best validation accuracy, and
+    what they were chosen by: "validation", or "test" in a sweep without validation."""
+    validated = any(job.metrics.get("val/acc_best") is not None for job in done)
+    metric, by = ("val/acc_best", "validation") if validated else ("test/acc", "test")
+    ranked = sorted(done, key=lambda job: -(job.metrics.get(metric) or -math.inf))
+    return [job for job in ranked if job.metrics.get("test/acc_per_class")][:BEST_RUNS], by
+
+
 def write_plots(
     out: Path, jobs: Sequence[Job], keys: Sequence[str], groups: list[dict]
 ) -> list[Path]:
@@ -356,10 +374,9 @@ def write_plots(
         for key in keys
         if key != REPEAT_KEY
     ]
-    ranked = sorted(done, key=lambda job: -(job.metrics.get("val/acc_best") or -math.inf))
-    best = [job for job in ranked if job.metrics.get("test/acc_per_class")][:BEST_RUNS]
+    best, by = best_runs(done)
     if best:
-        plots.append(save_png(plot_per_class(best, keys), out / "per_class_best.png"))
+        plots.append(save_png(plot_per_class(best, keys, by), out / "per_class_best.png"))
     timed = [job for job in done if job.metrics.get("wall_time_s") is not None]
     if timed:
         plots.append(save_png(plot_time_against_accuracy(timed, keys), out / "time_vs_acc.png"))

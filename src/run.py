@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     CompactHydraException,
     ConfigCompositionException,
     MissingConfigException,
     OverrideParseException,
 )
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import OutputError, UserError
@@ -135,6 +138,7 @@ class RunRecord:
         self.path = path
         self.data: dict[str, Any] = {}
         self.update(**initial)
+        keep_run_folder(path.parent)  # the run has begun: its folder stays, whatever happens
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
@@ -142,12 +146,62 @@ class RunRecord:
             write_json(self.path, self.data)  # OutputError when the folder cannot be written
 
 
+# What each single run's folder held before Hydra wrote into it (None: it did not exist), until
+# the run records itself (RunRecord): a mistake caught before then leaves the folder as it was.
+_FOLDERS_BEFORE: dict[Path, set[str] | None] = {}
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback (conf/hydra/default.yaml): note what the run folder holds before Hydra
+    creates it and writes its config and log there. Single runs only: a failed sweep job keeps
+    its folder, whose metrics.json the sweep's report and summary read."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.run.dir)).absolute()
+        _FOLDERS_BEFORE[folder] = set(os.listdir(folder)) if folder.is_dir() else None
+
+
+def keep_run_folder(folder: Path) -> None:
+    _FOLDERS_BEFORE.pop(Path(folder).absolute(), None)
+
+
+def will_restore_run_folder(folder: Path) -> bool:
+    """Whether a mistake caught now would put `folder` back as it was (see restore_run_folder)."""
+    return Path(folder).absolute() in _FOLDERS_BEFORE
+
+
+def restore_run_folder(folder: Path) -> None:
+    """Remove what this run added to its folder (the whole folder if the run created it), unless
+    the run has begun (see RunRecord), so a mistake leaves no folder of debris behind."""
+    folder = Path(folder).absolute()
+    if folder not in _FOLDERS_BEFORE:
+        return
+    before = _FOLDERS_BEFORE.pop(folder)
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in folder.parents:  # the date folder Hydra made for it, when now empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        return
+    for name in set(os.listdir(folder)) - before:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def cli(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Wrap a Hydra task: a UserError becomes one line (also in the run's log) and its exit
-    status (2; 3 for a diverged run)."""
+    status (2; 3 for a diverged run); a single run stopped by one before it began leaves its
+    folder as it found it (restore_run_folder)."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
+        quiet_library_noise()  # again: a test harness may have reset the warning filters
+        route_library_logs()
         try:
             return task(cfg)
         except Exception as err:
@@ -155,6 +209,8 @@ def cli(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
             if user_error is None:
                 raise
             log.error("%s", user_error)
+            if HydraConfig.initialized():
+                restore_run_folder(Path(HydraConfig.get().runtime.output_dir))
             sys.exit(user_error.exit_status)
 
     return wrapper
@@ -197,10 +253,12 @@ def entry_point(main: Callable[[], Any]) -> Callable[[], Any]:
         except CompactHydraException as err:  # the sweep launcher: "2 of 8 jobs did not finish"
             print(f"[ERROR] {err}", file=sys.stderr)
             sys.exit(1)
-        except OSError as err:
-            if err.errno not in UNWRITABLE:
+        except (OSError, ValueError) as err:
+            # Python's logging reports a log file it cannot open as a ValueError caused by it.
+            cause = err if isinstance(err, OSError) else err.__cause__
+            if not isinstance(cause, OSError) or cause.errno not in UNWRITABLE:
                 raise
-            _exit_with(str(OutputError.cannot_write(err.filename or "the run folder", err)))
+            _exit_with(str(OutputError.cannot_write(cause.filename or "the run folder", cause)))
         finally:
             os.environ.pop("HYDRA_FULL_ERROR", None)
             os.environ.pop(set_here, None)
@@ -234,12 +292,51 @@ def find_user_error(err: BaseException | None) -> UserError | None:
     return None
 
 
+def _no_tips(record: logging.LogRecord) -> bool:
+    return "Tip:" not in record.getMessage()
+
+
+# Lightning warnings that say nothing about the run:
+LIBRARY_NOISE = (
+    # a deprecation raised inside Lightning itself (not fixable from our side)
+    r".*isinstance\(treespec, LeafSpec\).*",
+    # on any machine with SLURM installed; SLURM runs go through hydra/launcher=slurm*
+    r"The `srun` command is available on your system but is not used",
+    # best.ckpt's monitor before the first validation (a run stopped by trainer.max_steps);
+    # once validation has run, Lightning raises an error for a missing key instead
+    r".*ModelCheckpoint\(monitor=.*could not find the monitored key",
+)
+
+
 def quiet_library_noise() -> None:
-    """Drop messages that say nothing about the run: Lightning's cloud-service tips and a
-    deprecation warning raised inside Lightning itself (not fixable from our side)."""
+    """Drop messages that say nothing about the run: Lightning's cloud-service tips and the
+    warnings in LIBRARY_NOISE."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(lambda record: "Tip:" not in record.getMessage())
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        logger = logging.getLogger(name)
+        if _no_tips not in logger.filters:
+            logger.addFilter(_no_tips)
+    for pattern in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def route_library_logs() -> None:
+    """Send Lightning's messages ("GPU available", "Trainer.fit stopped", ...) through the
+    handlers Hydra configured, so the run's log holds them as the console shows them. Lightning
+    gives itself console handlers of its own when it is imported before logging is set up."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logging.getLogger().handlers:
+            logger.handlers.clear()
+            logger.propagate = True
+
+
+def to_log_file(text: str, name: str = __name__) -> None:
+    """Write `text` to the run's log file only (as logger `name`): for what the console shows
+    in its own way (tables, progress bars)."""
+    record = logging.LogRecord(name, logging.INFO, __file__, 0, "%s", (text,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 register_resolvers()

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.console import print_layer_summary, print_results
 from src.data import CIFAR10DataModule
-from src.distributed import check_ddp_launch
+from src.distributed import check_ddp_launch, check_devices
 from src.errors import ConfigError
 from src.models import Classifier
 from src.models.convnet import count_parameters, layer_summary
@@ -29,7 +29,16 @@ from src.recovery import (
     record_failure,
     resume_checkpoint,
 )
-from src.run import RunRecord, cli, entry_point, is_main_process, set_threads, write_text
+from src.run import (
+    RunRecord,
+    cli,
+    entry_point,
+    find_user_error,
+    is_main_process,
+    set_threads,
+    will_restore_run_folder,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,7 @@ def check_config(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be a positive integer, got {epochs}")
+    check_devices(cfg.trainer)
 
 
 def final_weights_rule(cfg: DictConfig) -> dict:
@@ -92,21 +102,18 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     had_run = (out_dir / "metrics.json").exists()  # before this run's record replaces it
-    record = RunRecord(
-        out_dir / "metrics.json",
-        status="running",
-        run_dir=str(out_dir),
-        model=cfg.model.name,
-        seed=cfg.seed,
-    )
+    record = None  # written once every check has passed: a refused run leaves no record
+
+    def new_record(**values) -> RunRecord:
+        base = {"run_dir": str(out_dir), "model": cfg.model.name, "seed": cfg.seed}
+        return RunRecord(out_dir / "metrics.json", **values, **base)
+
     try:
         check_config(cfg)
         no_validation = final_weights_rule(cfg)
         ckpt_path = cfg.get("ckpt_path")
         if cfg.get("resume"):
             ckpt_path = resume_checkpoint(out_dir, had_run, ckpt_path)
-        if is_main_process():
-            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         threads = set_threads(cfg.threads)
         dm: CIFAR10DataModule = instantiate(cfg.data)
@@ -115,7 +122,6 @@ def train(cfg: DictConfig) -> dict:
         model = build_model(cfg, dm)
         if ckpt_path:
             check_resumable(ckpt_path, model)
-            record.update(resumed_from=ckpt_path)
         if cfg.compile:
             model.net.compile()
         params = count_parameters(model.net)
@@ -123,6 +129,10 @@ def train(cfg: DictConfig) -> dict:
             print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
         trainer = build_trainer(cfg, **no_validation)
         check_ddp_launch(trainer)
+        resumed = {"resumed_from": ckpt_path} if ckpt_path else {}
+        record = new_record(status="running", **resumed)
+        if is_main_process():
+            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info(
             "training %s (%d parameters) on %s, %d CPU threads; run folder %s",
             cfg.model.name,
@@ -137,7 +147,13 @@ def train(cfg: DictConfig) -> dict:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test = trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
     except BaseException as err:
-        record_failure(record, err, cfg, time.perf_counter() - started)
+        # A single run refused by a check leaves its folder as it was (src.run.cli); anything
+        # else, and every sweep job, says in metrics.json how it ended.
+        refused = find_user_error(err) is not None and will_restore_run_folder(out_dir)
+        if record is None and not refused:
+            record = new_record(status="failed")
+        if record is not None:
+            record_failure(record, err, cfg, time.perf_counter() - started)
         if (status := interrupted_exit_status(err)) is not None:
             raise SystemExit(status) from None
         raise

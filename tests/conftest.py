@@ -6,12 +6,15 @@ tiny run gets well above chance in a few steps, which lets tests assert on accur
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -164,3 +167,25 @@ def real_data() -> Path:
                 archive.extractall(target, filter="data")
             (tree / ".unpacked").touch()
     return tree
+
+
+def run_entry(main, *argv: str, capsys) -> tuple[int, str]:
+    """Run an entry point in this process as its command line would: (exit status, output)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    GlobalHydra.instance().clear()
+    try:
+        # As under `python -m`: Hydra finds conf/ beside the entry point's file.
+        with (
+            mock.patch.object(sys, "argv", ["prog", *argv]),
+            mock.patch.dict(os.environ, {"HYDRA_MAIN_MODULE": "__main__"}),
+        ):
+            main()
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+        root.handlers, root.level = handlers, level  # Hydra's job logging points at captures
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err

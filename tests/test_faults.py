@@ -10,25 +10,31 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import re
 import resource
+import shutil
 import signal
-import sys
+import subprocess
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 
 import src.eval
 import src.train
-from src.errors import ConfigError, OutputError, TrainingDiverged
+from src.errors import OutputError, TrainingDiverged
 from src.recovery import AtomicCheckpointIO
 from src.train import train
-from tests.conftest import CONF, compose_config, make_folder_tree, run_cli, tiny_overrides
+from tests.conftest import (
+    CONF,
+    compose_config,
+    make_folder_tree,
+    run_cli,
+    run_entry,
+    tiny_overrides,
+)
 
 RESULT_KEYS = ("val/acc_best", "test/acc", "test/loss", "test/acc_per_class", "epochs")
 
@@ -131,10 +137,16 @@ def test_ctrl_c_records_an_interrupted_run(resume_setup, tmp_path):
     assert record["resume_command"].endswith(f"resume=true hydra.run.dir={tmp_path}")
 
 
-def test_resume_needs_a_run_folder(folder_data, tmp_path):
-    cfg = compose_config("train", [*tiny_overrides(tmp_path, folder_data), "resume=true"], tmp_path)
-    with pytest.raises(ConfigError, match="hydra.run.dir=<run folder>"):
-        train(cfg)
+def test_a_refused_resume_leaves_the_folder_as_it_found_it(folder_data, tmp_path, capsys):
+    new, other = tmp_path / "new", tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a run")
+    for folder in (new, other, other):  # twice: the refusal must not make the next try train
+        argv = [*tiny_overrides(tmp_path, folder_data), "resume=true", f"hydra.run.dir={folder}"]
+        status, output = run_entry(src.train.main, *argv, capsys=capsys)
+        assert_one_clear_line(status, output, "hydra.run.dir=<run folder>")
+    assert not new.exists()
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
 
 def test_divergence_stops_at_once_naming_the_learning_rate(folder_data, tmp_path):
@@ -213,28 +225,6 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
 # -- bad input: one line, exit status 2, no traceback ---------------------------------------------
 
 
-def run_entry(main, *argv: str, capsys) -> tuple[int, str]:
-    """Run an entry point in this process as its command line would: (exit status, output)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    GlobalHydra.instance().clear()
-    try:
-        # As under `python -m`: Hydra finds conf/ beside the entry point's file.
-        with (
-            mock.patch.object(sys, "argv", ["prog", *argv]),
-            mock.patch.dict(os.environ, {"HYDRA_MAIN_MODULE": "__main__"}),
-        ):
-            main()
-        status = 0
-    except SystemExit as stop:
-        status = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        GlobalHydra.instance().clear()
-        root.handlers, root.level = handlers, level  # Hydra's job logging points at captures
-    captured = capsys.readouterr()
-    return status, captured.out + captured.err
-
-
 def assert_one_clear_line(status: int, output: str, message: str) -> None:
     assert status == 2, output
     lines = output.strip().splitlines()
@@ -257,8 +247,21 @@ def assert_one_clear_line(status: int, output: str, message: str) -> None:
     ],
 )
 def test_bad_settings(override, message, folder_data, tmp_path, capsys):
-    argv = [*tiny_overrides(tmp_path, folder_data), override, f"hydra.run.dir={tmp_path / 'r'}"]
+    run = tmp_path / "runs" / "date" / "r"
+    argv = [*tiny_overrides(tmp_path, folder_data), override, f"hydra.run.dir={run}"]
     assert_one_clear_line(*run_entry(src.train.main, *argv, capsys=capsys), message)
+    assert not (tmp_path / "runs").exists(), "no run folder left behind, nor the folder above it"
+
+
+@pytest.mark.parametrize("override", ["trainer.accelerator=gpu", "trainer=gpu"])
+def test_a_gpu_asked_for_on_a_machine_without_one(override, folder_data, tmp_path, capsys):
+    overrides = [o for o in tiny_overrides(tmp_path, folder_data) if "accelerator" not in o]
+    argv = [*overrides, override, f"hydra.run.dir={tmp_path / 'r'}"]
+    with mock.patch("torch.cuda.device_count", return_value=0):
+        status, output = run_entry(src.train.main, *argv, capsys=capsys)
+    assert_one_clear_line(status, output, "no GPU was found: use trainer.accelerator=cpu")
+    assert "layers" not in output, "before the layer table"
+    assert not (tmp_path / "r").exists()
 
 
 def break_data(case: str, root: Path) -> None:
@@ -288,7 +291,7 @@ def test_bad_image_folders(case, message, folder_data, tmp_path, capsys):
     break_data(case, root)
     argv = [*tiny_overrides(tmp_path, root), f"hydra.run.dir={tmp_path / 'r'}"]
     assert_one_clear_line(*run_entry(src.train.main, *argv, capsys=capsys), message)
-    assert metrics(tmp_path / "r")["status"] == "failed"
+    assert not (tmp_path / "r").exists()
     cache = tmp_path / "cache"
     assert not cache.exists() or not [p for p in cache.iterdir() if p.is_dir()]  # nothing cached
 
@@ -330,24 +333,43 @@ def test_unwritable_run_folder(folder_data, tmp_path, capsys):
     assert_one_clear_line(status, output, f"cannot write {tmp_path / 'file' / 'run'}")
 
 
-def test_unwritable_cache(folder_data, tmp_path, capsys):
+def test_run_folder_that_exists_but_cannot_be_written(folder_data, tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    # As root, permissions do not stop a write; the immutable attribute does.
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", run]).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        argv = [*tiny_overrides(tmp_path, folder_data), f"hydra.run.dir={run}"]
+        status, output = run_entry(src.train.main, *argv, capsys=capsys)
+    finally:
+        subprocess.run(["chattr", "-i", run], check=True)
+    assert_one_clear_line(status, output, f"cannot write {run / 'train.log'} (Operation not")
+
+
+@pytest.mark.parametrize("case", ["under a file", "a file"])
+def test_unwritable_cache(case, folder_data, tmp_path, capsys):
     (tmp_path / "file").write_text("a file where the cache folder should go")
+    cache = tmp_path / "file" / "cache" if case == "under a file" else tmp_path / "file"
     argv = [
         *tiny_overrides(tmp_path, folder_data),
-        f"data.cache_dir={tmp_path / 'file' / 'cache'}",
+        f"data.cache_dir={cache}",
         f"hydra.run.dir={tmp_path / 'r'}",
     ]
     status, output = run_entry(src.train.main, *argv, capsys=capsys)
     assert_one_clear_line(status, output, "cannot write the data cache")
+    assert f"{tmp_path / 'file'} is a file, not a folder: set data.cache_dir" in output
+    assert "free some space" not in output
 
 
-@pytest.mark.parametrize("case", ["another network", "not a checkpoint"])
+@pytest.mark.parametrize("case", ["another network", "not a checkpoint", "random bytes"])
 def test_eval_refuses_a_checkpoint_it_cannot_use(case, resume_setup, tmp_path, capsys):
     overrides, reference = resume_setup
     ckpt = reference / "checkpoints" / "best.ckpt"
-    if case == "not a checkpoint":
+    if case != "another network":
         ckpt = tmp_path / "best.ckpt"
-        ckpt.write_bytes(b"PK\x03\x04 truncated")
+        start = b"PK\x03\x04 truncated" if case == "not a checkpoint" else b""
+        ckpt.write_bytes(start + os.urandom(2000))
     data = [o for o in overrides if o.startswith(("data.", "threads"))]
     argv = [
         f"ckpt_path={ckpt}",
@@ -357,7 +379,11 @@ def test_eval_refuses_a_checkpoint_it_cannot_use(case, resume_setup, tmp_path, c
         f"hydra.run.dir={tmp_path}",
     ]
     message = "holds a different network" if case == "another network" else "cannot read"
-    assert_one_clear_line(*run_entry(src.eval.main, *argv, capsys=capsys), message)
+    status, output = run_entry(src.eval.main, *argv, capsys=capsys)
+    assert_one_clear_line(status, output, message)
+    line = output.strip().splitlines()[-1].replace(str(ckpt), "<checkpoint>")
+    assert "weights_only" not in line and (case == "another network" or len(line) < 200), line
+    assert not any(tmp_path.glob("**/.hydra")), "no eval folder left behind"
 
 
 def test_resume_with_another_network_is_refused(resume_setup, tmp_path, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import src.predict
 from src.errors import DataError
 from src.eval import evaluate
 from src.predict import predict
@@ -18,6 +19,7 @@ from tests.conftest import (
     compose_config,
     make_folder_tree,
     run_cli,
+    run_entry,
     synthetic_images,
     tiny_overrides,
 )
@@ -130,3 +132,23 @@ def test_predict_single_files_and_bad_inputs(trained, tmp_path):
     text.write_text("not an image")
     with pytest.raises(DataError, match="none of the 1 files is a readable image"):
         run(f"inputs={text}", "c")
+
+
+def test_predict_run_from_inside_an_image_folder_reads_only_its_images(trained, tmp_path, capsys):
+    """Hydra's outputs/ lands in the folder: the next run must not read the last one's files."""
+    _, _, metrics = trained
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, pixels in enumerate(synthetic_images(3, 0, np.random.default_rng(3))):
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image, and never opened")
+    ckpt = f"ckpt_path={metrics['best_checkpoint']}"
+    for run in ("1", "2"):
+        out = folder / "outputs" / "predict" / run
+        argv = [ckpt, f"inputs={folder}", f"hydra.run.dir={out}"]
+        status, output = run_entry(src.predict.main, *argv, capsys=capsys)
+        assert status == 0, output
+        rows = _rows(out / "predictions.csv")
+        assert sorted(Path(row["path"]).name for row in rows) == ["0.png", "1.png", "2.png"]
+        assert not any(row["error"] for row in rows) and "[ERROR]" not in output
+        assert "skipped as not images (by their extension): 1" in output

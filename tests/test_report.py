@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,14 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from src.errors import DataError
-from src.report import latest_sweep, make_report
-from tests.conftest import make_folder_tree, run_cli, tiny_overrides
+from src.report import (
+    best_runs,
+    latest_sweep,
+    make_report,
+    plot_accuracy_against,
+    plot_per_class,
+)
+from tests.conftest import ROOT, make_folder_tree, run_cli, tiny_overrides
 
 FINISHED = ["k3_seed1", "k3_seed2", "k5_seed1", "k5_seed2"]
 
@@ -146,3 +153,65 @@ def test_tensorboard_on_a_sweep_names_each_run_by_its_job(sweep):
         kernel, seed = name.removeprefix("k").split("_seed")
         assert hparams["model.kernel_size"].number_value == int(kernel)
         assert hparams["seed"].number_value == int(seed)
+
+
+def _fake_sweep(root: Path, lrs: list[float], val: bool) -> Path:
+    """Finished job folders as a sweep over optimizer.lr leaves them, with or without
+    validation (data.val_size=0)."""
+    for i, lr in enumerate(lrs):
+        job = root / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n- seed=1\n")
+        metrics = {
+            "status": "finished",
+            "val/acc_best": 50.0 + i if val else None,
+            "test/acc": 40.0 + i,
+            "test/acc_per_class": {"cat": 40.0 + i, "dog": 41.0},
+            "wall_time_s": 10.0,
+        }
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    return root
+
+
+@pytest.mark.parametrize("val", [True, False])
+def test_report_without_validation_and_a_swept_learning_rate(val, tmp_path):
+    sweep = _fake_sweep(tmp_path / "sweep", [0.01, 0.02, 0.05], val)
+    report = make_report(sweep)
+    assert {path.name for path in report["plots"]} >= {"acc_vs_optimizer.lr.png"}
+    figure = plot_accuracy_against("optimizer.lr", report["groups"], report["swept"])
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles == (["best val acc (%)", "test acc (%)"] if val else ["test acc (%)"])
+    assert all(axis.get_xscale() == "log" for axis in figure.axes)  # lr: log, even over 5x
+    best, by = best_runs(report["jobs"])
+    assert [job.name for job in best] == ["2", "1", "0"] and by == ("validation" if val else "test")
+    title = plot_per_class(best, report["swept"], by).axes[0].get_title()
+    assert title.endswith("(by validation accuracy)" if val else "(by test accuracy)")
+
+
+def test_make_tensorboard_opens_the_newest_folder_with_event_files(tmp_path):
+    """Not the newest folder: a run stopped before training (an older Lightning) holds none."""
+    events = [
+        tmp_path / "outputs/runs/2025-01-01/10-00-00_a/tensorboard/events.out.tfevents.1",
+        tmp_path / "outputs/sweeps/2025-01-01/11-00-00_b/3/tensorboard/events.out.tfevents.2",
+    ]
+    empty = tmp_path / "outputs/runs/2025-01-01/12-00-00_c"
+    for age, path in enumerate([*events, empty / "metrics.json"]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        os.utime(path, (1e9 + age, 1e9 + age))
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "tensorboard").write_text('#!/bin/sh\necho "tensorboard $*"\n')
+    (venv / "bin" / "tensorboard").chmod(0o755)
+    (tmp_path / "pyproject.toml").touch()  # `install` is up to date: nothing to install
+    os.utime(tmp_path / "pyproject.toml", (1e9, 1e9))
+    (venv / ".installed").touch()
+    make = ["make", "-s", "-f", str(ROOT / "Makefile"), "tensorboard", f"VENV={venv}"]
+    result = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "tensorboard --logdir outputs/sweeps/2025-01-01/11-00-00_b" in result.stdout
+
+    for path in events:
+        path.unlink()
+    result = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "no TensorBoard logs in outputs/" in result.stderr

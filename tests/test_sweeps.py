@@ -76,6 +76,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(folder_data, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "1 of 2 sweep jobs did not finish (depth=6)" in result.stderr
     assert "GeometryError: conv6" in result.stderr
+    assert "Error executing job" not in result.stderr  # the launcher's line says it all
     jobs = summary(tmp_path / "sweep")["jobs"]
     assert jobs["depth=2"]["status"] == "finished" and jobs["depth=2"]["return_value"] is not None
     assert jobs["depth=6"]["status"] == "failed"

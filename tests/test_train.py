@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import src.eval
+import src.train
 from src.eval import evaluate
 from src.run import find_user_error
 from src.train import train
-from tests.conftest import compose_config, run_cli, tiny_overrides
+from tests.conftest import compose_config, run_cli, run_entry, tiny_overrides
 
 KEYS = {
     "status",
@@ -151,3 +155,42 @@ def test_bad_values_fail_with_one_clear_line(override, message, folder_data, tmp
     assert error.exit_status == 2
     metrics = json.loads((tmp_path / "bad" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and message in metrics["error"]
+
+
+def test_the_run_log_holds_what_the_console_showed(folder_data, tmp_path, capsys):
+    overrides = [o for o in tiny_overrides(tmp_path, folder_data) if "progress_bar" not in o]
+    run = tmp_path / "run"
+    status, output = run_entry(src.train.main, *overrides, f"hydra.run.dir={run}", capsys=capsys)
+    assert status == 0, output
+    log = (run / "train.log").read_text()
+    assert "it/s" in output and "it/s" not in log, "the console's progress bars, not the log's"
+    for epoch in (1, 2):
+        line = re.search(rf"epoch {epoch}/2: train/loss [\d.e-]+, train/acc .*val/acc [\d.]+", log)
+        assert line, log
+    for shown in ("tutorial: layers", "features.0 (Conv2d)", "test accuracy", "run folder"):
+        assert shown in output and shown in log
+    assert "GPU available: False" in log  # Lightning's own lines too
+
+
+def test_no_library_noise(folder_data, tmp_path, capsys, recwarn, monkeypatch):
+    """Stopped (trainer.max_steps) before the first validation, on a machine with SLURM's srun,
+    then evaluated: no warning or message that says nothing about the run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    run = tmp_path / "run"
+    argv = [*tiny_overrides(tmp_path, folder_data), "+trainer.max_steps=2", f"hydra.run.dir={run}"]
+    status, output = run_entry(src.train.main, *argv, capsys=capsys)
+    assert status == 0, output
+    assert json.loads((run / "metrics.json").read_text())["val/acc_best"] is None
+    data = [o for o in tiny_overrides(tmp_path, folder_data) if o.startswith(("data.", "thr"))]
+    ckpt = f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    argv = [ckpt, *data, "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'eval'}"]
+    status, eval_output = run_entry(src.eval.main, *argv, capsys=capsys)
+    assert status == 0, eval_output
+    shown = output + eval_output + (run / "train.log").read_text()
+    shown += "\n".join(str(warning.message) for warning in recwarn)
+    noise = ("weights_only", "srun", "could not find the monitored key")
+    assert [text for text in noise if text in shown] == []

@@ -45,6 +45,19 @@ class SweepJobFailed(CompactHydraException):
     prints this one line, no traceback."""
 
 
+class FailedJobReturn(JobReturn):
+    """A failed job's return: raises SweepJobFailed when read, without the "Error executing job
+    with overrides" line Hydra's JobReturn writes first (SweepJobFailed already names the job)."""
+
+    @property
+    def return_value(self) -> Any:
+        raise self._return_value
+
+    @return_value.setter
+    def return_value(self, value: Any) -> None:
+        self._return_value = value
+
+
 @dataclass
 class Job:
     num: int
@@ -281,7 +294,7 @@ class ParallelLauncher(Launcher):
         )
 
     def _job_return(self, job: Job, failed: list[Job], total: int) -> JobReturn:
-        ret = JobReturn(
+        ret = (JobReturn if job.result.get("ok") else FailedJobReturn)(
             overrides=job.overrides,
             cfg=job.config,
             working_dir=str(job.dir),

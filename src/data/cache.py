@@ -12,6 +12,7 @@ Arrays are memory-mapped copy-on-write: jobs on one machine share the pages.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -61,9 +62,15 @@ def load_or_build(cache_dir: Path, description: dict, build: Callable[[], Decode
                 if not (entry / "meta.json").exists():  # another job may have built it meanwhile
                     _write_entry(entry, description, build())
         except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                fix = "free some space or set data.cache_dir (or CIFAR10_LAB_CACHE) to another disk"
+            elif err.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder should be
+                file = next((p for p in (cache_dir, *cache_dir.parents) if p.is_file()), cache_dir)
+                fix = f"{file} is a file, not a folder: set data.cache_dir to a folder"
+            else:
+                fix = "set data.cache_dir (or CIFAR10_LAB_CACHE) to a writable folder"
             raise DataError(
-                f"cannot write the data cache in {cache_dir} ({err.strerror or err}): free some "
-                "space or set data.cache_dir (or CIFAR10_LAB_CACHE) to a writable folder"
+                f"cannot write the data cache in {cache_dir} ({err.strerror or err}): {fix}"
             ) from err
     return _read_entry(entry)
 
