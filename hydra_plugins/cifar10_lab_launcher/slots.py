@@ -50,9 +50,12 @@ def detect_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def resolve_devices(devices: str | int | Sequence[int | str] | None) -> list[str]:
-    """`auto`: every visible GPU; a list: exactly those; None, [] or `cpu`: no GPU."""
-    if devices is None or devices == "cpu":
+def resolve_devices(
+    devices: str | int | Sequence[int | str] | None, accelerator: str = "auto"
+) -> list[str]:
+    """`auto`: every visible GPU; a list: exactly those; None, [] or `cpu`: no GPU. Jobs that
+    train on the CPU (trainer.accelerator=cpu) get no GPU either: they share the cores."""
+    if devices is None or devices == "cpu" or accelerator == "cpu":
         return []
     if devices == "auto":
         return detect_gpus()
