@@ -195,7 +195,9 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
         "each precision trains; vgg6 with compile=true channels_last=true, recompiles counted",
         [
             *(
-                train(*short, "++trainer.max_steps=300", f"trainer.precision={p}", run_dir(f"e_{p}"))
+                train(
+                    *short, "++trainer.max_steps=300", f"trainer.precision={p}", run_dir(f"e_{p}")
+                )
                 for p in precisions
             ),
             train(

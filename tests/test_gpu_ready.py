@@ -195,7 +195,8 @@ def test_a_cpu_sweep_on_a_gpu_machine_runs_on_the_cores(monkeypatch, tmp_path):
     slots = plan_slots(gpus, 4, 1, None, n_jobs=4, cores=range(16))
     assert [(s.devices, len(s.cores)) for s in slots] == [((), 4)] * 4
     # A GPU sweep on the same machine: every job on GPU 0, four at a time (jobs_per_device).
-    cfg = compose_config("train", ["trainer.accelerator=gpu"], tmp_path)
+    overrides = ["trainer.accelerator=gpu", "hydra.launcher.jobs_per_device=4"]
+    cfg = compose_config("train", overrides, tmp_path)
     gpus = resolve_devices(cfg.hydra.launcher.devices, cfg.hydra.launcher.accelerator)
     slots = plan_slots(gpus, cfg.hydra.launcher.jobs_per_device, 1, None, 8, range(16))
     assert [s.devices for s in slots] == [("0",)] * 4

@@ -53,12 +53,12 @@ def detect_gpus() -> list[str]:
 def resolve_devices(
     devices: str | int | Sequence[int | str] | None, accelerator: str = "auto"
 ) -> list[str]:
-    """`auto`: every visible GPU; a list: exactly those; None, [] or `cpu`: no GPU. Jobs that
-    train on the CPU (trainer.accelerator=cpu) get no GPU either: they share the cores."""
-    if devices is None or devices == "cpu" or accelerator == "cpu":
+    """`auto`: every visible GPU, or none for jobs that train on the CPU (trainer.accelerator=cpu:
+    they share the cores); a list: exactly those; None, [] or `cpu`: no GPU."""
+    if devices is None or devices == "cpu":
         return []
     if devices == "auto":
-        return detect_gpus()
+        return [] if accelerator == "cpu" else detect_gpus()
     if isinstance(devices, (int, str)):
         devices = [devices]
     return [str(d) for d in devices]
