@@ -14,7 +14,7 @@ DATA_ARGS ?= data.source=folder data.root=$(LOCAL_DATA)
 DATA_DEP := $(LOCAL_DATA)/.unpacked
 endif
 
-.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce bench
+.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce bench device-bundle gpu-check
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,26 @@ bench: $(VENV)/.installed-bench $(DATA_DEP)
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install -e '.[dev,bench]'
 	touch $@
+
+# What the GPU machine lacks (docs/gpu.md): wheels for its Python 3.12 at this venv's versions,
+# antlr4's runtime built from its source archive (it ships no wheel), and the data archive, in a
+# git-ignored folder that the device tool carries (under 64 MiB).
+BUNDLE ?= .gpu-bundle
+BUNDLE_PACKAGES := hydra-core omegaconf cloudpickle pyyaml filelock
+device-bundle: install
+	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/wheels
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d $(BUNDLE)/wheels \
+	  $$($(PY) -m pip freeze | grep -iE '^($(shell echo $(BUNDLE_PACKAGES) | tr ' ' '|'))==')
+	$(PY) -m pip wheel -q --no-deps -w $(BUNDLE)/wheels \
+	  $$($(PY) -m pip freeze | grep -i '^antlr4-python3-runtime==')
+	cp $(SHARED_COPY) $(BUNDLE)/cifar10-jpeg.tar.gz
+	@ls $(BUNDLE)/wheels; du -sh $(BUNDLE)
+
+# On a CUDA machine with $(BUNDLE) beside the checkout: steps (a)-(h) of docs/gpu.md, into
+# results/gpu/check.json and check.md. Uses the machine's own python3 (GPU_PY), not the venv.
+gpu-check:
+	bash benchmarks/gpu_check.sh $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -41,3 +41,88 @@ def gpu_rates(
                 key = f"{name} {precision}{' channels_last' if channels_last else ''}"
                 results[key] = round(batch / seconds)
     return results
+
+
+# Each preset's batch size in its study (conf/experiment); convnet is the general preset.
+STUDY_BATCH = {
+    "tutorial": 4,
+    "conv2": 4,
+    "conv3": 4,
+    "conv4": 4,
+    "cnn3": 20,
+    "vgg6": 20,
+    "bn6": 16,
+    "lenet3": 100,
+    "convnet": 64,
+}
+
+
+def preset_rates(base: list[str], warmup: int, timed: int, out: Path) -> dict:
+    """Training images per second of every preset on the GPU at its study batch and at 512
+    (default precision, data on the GPU, fetches)."""
+    rates: dict = {}
+    for name, batch in STUDY_BATCH.items():
+        for size in (batch, 512):
+            overrides = [*base, f"model={name}", f"data.batch_size={size}"]
+            seconds = lab_step_time(overrides, warmup, timed, out / "runs")
+            rates[f"{name} batch {size}"] = round(size / seconds)
+    return rates
+
+
+def sweep_rates(base: list[str], steps: int, out: Path) -> dict:
+    """Training images per second of a whole GPU running the tutorial recipe at batch 4 as a
+    sweep of n jobs n at a time (hydra.launcher.jobs_per_device=n): n x steps x 4 images over
+    the slowest job's training time (process start and data loading left out)."""
+    import json
+    import subprocess
+    import sys
+
+    rates: dict = {}
+    for n in (1, 2, 4, 8):
+        sweep_dir = out / "runs" / f"sweep_{n}"
+        seeds = ",".join(str(s) for s in range(n))
+        command = [
+            sys.executable, "-m", "src.train", "-m", *base, "model=tutorial", "data.batch_size=4",
+            f"++trainer.max_steps={steps}", "trainer.max_epochs=1", "data.val_size=1000",
+            f"seed={seeds}", f"hydra.launcher.jobs_per_device={n}", f"hydra.sweep.dir={sweep_dir}",
+        ]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True)
+        times = [
+            json.loads(p.read_text())["epoch_time_s"] for p in sweep_dir.glob("*/metrics.json")
+        ]
+        rates[f"{n} jobs per GPU"] = round(n * steps * 4 / max(times))
+    return rates
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m benchmarks.gpu --data ROOT --out bench.json (step (h) of make gpu-check)."""
+    import argparse
+    import json
+
+    from src.run import write_json
+
+    parser = argparse.ArgumentParser(description="images/s of every preset and of GPU sweeps")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--timed", type=int, default=50)
+    parser.add_argument("--sweep-steps", type=int, default=1500)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.gpu: no CUDA GPU here")
+    base = [
+        "data.source=folder",
+        f"data.root={args.data}",
+        "trainer.accelerator=gpu",
+        "trainer.enable_progress_bar=false",
+    ]
+    work = Path(__file__).resolve().parents[1] / "outputs" / "gpu-bench"  # git-ignored
+    results = {"device": torch.cuda.get_device_name(0)}
+    results["presets"] = preset_rates(base, args.warmup, args.timed, work)
+    results["sweep_tutorial_batch4"] = sweep_rates(base, args.sweep_steps, work)
+    write_json(args.out, results)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -17,38 +17,59 @@ log = logging.getLogger(__name__)
 
 
 class EpochSeed(L.Callback):
-    """Reseed torch's global generator at every epoch start from (seed, epoch).
+    """Reseed torch's global generator at every epoch start from (seed, epoch, DDP rank).
 
-    Augmentation and dropout draw from that generator; reseeding per epoch makes each epoch a
-    function of the weights, the seed and the epoch number, so a run resumed from an epoch
-    checkpoint ends with exactly the numbers of an uninterrupted run. Checkpoints also carry
-    the generator's state, so a run resumed from a mid-epoch checkpoint does too.
+    Dropout draws from that generator (augmentation has generators of its own, see
+    src.data.augment.Draws); reseeding per epoch makes each epoch a function of the weights, the
+    seed and the epoch number, so a run resumed from an epoch checkpoint ends with exactly the
+    numbers of an uninterrupted run. Each DDP rank gets its own stream (rank 0 keeps the
+    single-device one). Checkpoints carry every rank's generator state, so a run resumed from a
+    mid-epoch checkpoint does too.
     """
+
+    RANK_STRIDE = 7_919_993  # far apart from any (seed, epoch) of another rank
 
     def __init__(self, seed: int):
         self.seed = seed
+        self._trainer: L.Trainer | None = None
         self._resumed_rng: dict[str, Any] | None = None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def epoch_seed(self, epoch: int, rank: int) -> int:
+        return self.seed * 1_000_003 + epoch + 1 + rank * self.RANK_STRIDE
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        torch.manual_seed(self.seed * 1_000_003 + trainer.current_epoch + 1)
+        torch.manual_seed(self.epoch_seed(trainer.current_epoch, trainer.global_rank))
 
     def state_dict(self) -> dict[str, Any]:
         state = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state()  # this process's device
-        return state
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return {"ranks": [state]}
+        # Every rank saves a checkpoint together (only rank 0 writes it): gather all states.
+        states: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(states, state)
+        return {"ranks": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied when training starts: restoring happens before setup that may draw numbers.
         self._resumed_rng = state_dict
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._resumed_rng is None:
+        saved, self._resumed_rng = self._resumed_rng, None
+        if saved is None:
             return
-        torch.set_rng_state(self._resumed_rng["cpu"])
-        if "cuda" in self._resumed_rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(self._resumed_rng["cuda"])
-        self._resumed_rng = None
+        ranks = saved.get("ranks", [saved])  # checkpoints before DDP ranks were kept: rank 0's
+        if trainer.global_rank >= len(ranks):
+            return  # more ranks than the run that saved it: this rank starts afresh
+        state = ranks[trainer.global_rank]
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
 
 
 class ProgressBar(RichProgressBar):

@@ -37,14 +37,9 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def auto_precision(accelerator: str) -> str:
-    """bf16 mixed precision on a GPU, full fp32 on the CPU (where bf16 is slow)."""
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if on_gpu else "32-true"
-
-
 def register_resolvers() -> None:
     """Resolvers the configs use; registered before Hydra composes anything."""
+    from src.devices import auto_precision
     from src.models.scaling import conv_widths
 
     resolvers = {

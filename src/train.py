@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.console import print_layer_summary, print_results
 from src.data import CIFAR10DataModule
+from src.devices import tune_backends
 from src.distributed import check_ddp_launch, check_devices
 from src.errors import ConfigError
 from src.models import Classifier
@@ -122,17 +123,19 @@ def train(cfg: DictConfig) -> dict:
         model = build_model(cfg, dm)
         if ckpt_path:
             check_resumable(ckpt_path, model)
-        if cfg.compile:
-            model.net.compile()
         params = count_parameters(model.net)
         if is_main_process():
             print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
+        # After the summary, whose forward pass on the CPU would otherwise be compiled too.
+        if cfg.compile:
+            model.net.compile()
         trainer = build_trainer(cfg, **no_validation)
         check_ddp_launch(trainer)
         resumed = {"resumed_from": ckpt_path} if ckpt_path else {}
         record = new_record(status="running", **resumed)
         if is_main_process():
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        tune_backends(trainer.strategy.root_device, bool(cfg.trainer.get("deterministic")))
         log.info(
             "training %s (%d parameters) on %s, %d CPU threads; run folder %s",
             cfg.model.name,

@@ -6,6 +6,7 @@ import errno
 import multiprocessing as mp
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -210,17 +211,25 @@ def test_augmentation_keeps_shape_dtype_range_and_changes_images(preset):
 
 def test_augmentation_changes_training_batches_only(folder_data, tmp_path):
     dm = datamodule(folder_data, tmp_path, augment="flip_crop")
-
-    class FakeTrainer:
-        training = True
-
     batch = next(iter(dm.train_dataloader()))
-    dm.trainer = FakeTrainer()
+    dm.trainer = fake_trainer()
     augmented, _ = dm.on_after_batch_transfer(batch, 0)
-    FakeTrainer.training = False
+    dm.trainer.training = False
     plain, _ = dm.on_after_batch_transfer(batch, 0)
     assert torch.equal(plain, batch[0].float() / 255)
     assert not torch.equal(augmented, plain)
+
+
+def fake_trainer(fetches_done: int = 0, epoch: int = 0, rank: int = 0, world: int = 1):
+    """What the data module reads of Lightning's trainer while training."""
+    progress = SimpleNamespace(current=SimpleNamespace(ready=fetches_done))
+    return SimpleNamespace(
+        training=True,
+        current_epoch=epoch,
+        global_rank=rank,
+        world_size=world,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+    )
 
 
 def test_unknown_augmentation_and_source_are_config_errors(folder_data, tmp_path):

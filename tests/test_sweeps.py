@@ -232,7 +232,7 @@ def test_slurm_configs_compose(tmp_path, monkeypatch):
         ],
         tmp_path / "run",
     )
-    assert cfg.trainer.strategy == "ddp"
+    assert cfg.trainer.strategy._target_.endswith("DDPStrategy")
     # One SLURM task per GPU: Lightning takes its ranks from SLURM and relaunches nothing.
     script = sbatch_script(cfg, tmp_path / "ddp", monkeypatch)
     for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1"):

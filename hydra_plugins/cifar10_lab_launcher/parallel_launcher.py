@@ -85,6 +85,7 @@ class ParallelLauncher(Launcher):
         metric: str | None = None,
         stop_timeout_s: float = 30.0,
         resume_key: str | None = None,
+        accelerator: str = "auto",
     ) -> None:
         super().__init__()
         self.devices = devices if isinstance(devices, (str, int, type(None))) else list(devices)
@@ -96,6 +97,7 @@ class ParallelLauncher(Launcher):
         self.metric = metric
         self.stop_timeout_s = stop_timeout_s
         self.resume_key = resume_key
+        self.accelerator = str(accelerator)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -349,7 +351,7 @@ class ParallelLauncher(Launcher):
 
         try:
             slots = plan_slots(
-                resolve_devices(self.devices),
+                resolve_devices(self.devices, self.accelerator),
                 self.jobs_per_device,
                 self.devices_per_job,
                 self.cpu_jobs,

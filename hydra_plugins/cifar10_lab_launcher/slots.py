@@ -50,12 +50,15 @@ def detect_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def resolve_devices(devices: str | int | Sequence[int | str] | None) -> list[str]:
-    """`auto`: every visible GPU; a list: exactly those; None, [] or `cpu`: no GPU."""
+def resolve_devices(
+    devices: str | int | Sequence[int | str] | None, accelerator: str = "auto"
+) -> list[str]:
+    """`auto`: every visible GPU, or none for jobs that train on the CPU (trainer.accelerator=cpu:
+    they share the cores); a list: exactly those; None, [] or `cpu`: no GPU."""
     if devices is None or devices == "cpu":
         return []
     if devices == "auto":
-        return detect_gpus()
+        return [] if accelerator == "cpu" else detect_gpus()
     if isinstance(devices, (int, str)):
         devices = [devices]
     return [str(d) for d in devices]

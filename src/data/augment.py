@@ -1,8 +1,11 @@
 """Training augmentation on whole batches, as tensor operations on the training device.
 
-Every image gets its own random parameters, drawn from torch's global generator (which the
-training loop reseeds every epoch, so runs and resumed runs repeat exactly). Inputs and outputs
-are float batches N x C x H x W in [0, 1]. Validation and test batches are never augmented.
+Every image gets its own random parameters. In training they come from `Draws`: each batch of
+data.batch_size images draws from a generator of its own, seeded from (data.augment_seed, DDP
+rank, epoch, the batch's step in the epoch), so a batch is augmented the same however many batches
+are fetched at once (data.fetch_size), each DDP rank draws its own, and a resumed run repeats an
+uninterrupted one. Without `Draws` the numbers come from torch's global generator. Inputs and
+outputs are float batches N x C x H x W in [0, 1]. Validation and test batches are never augmented.
 
 Why hand-written rather than kornia.augmentation: the tutorial net's whole training step at
 batch 4 takes about 3.6 ms on our CPU; kornia's flip and crop alone took 1.8 ms there, and its
@@ -11,7 +14,7 @@ seed 004 set 11.5 ms per batch of 100. The code below is a gather and a single w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,21 +22,77 @@ from torch import Tensor
 
 from src.errors import ConfigError
 
-Augment = Callable[[Tensor], Tensor]
+
+class Draws:
+    """Random numbers for a fetch of consecutive batches, one generator per batch.
+
+    Each call returns one number per image, batch after batch, each batch's from its own
+    generator: batch k's numbers depend on its seed only, not on the batches fetched with it.
+    `seeds` None: one stream for all `n` images from torch's global generator.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        device: torch.device,
+        seeds: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ):
+        self.device = torch.device(device)
+        if seeds is None:
+            self.parts: list[tuple[torch.Generator | None, int]] = [(None, n)]
+        else:
+            size = batch_size or n
+            sizes = [min(size, n - start) for start in range(0, n, size)]
+            if len(sizes) != len(seeds):
+                raise ValueError(f"{len(seeds)} seeds for {len(sizes)} batches")
+            self.parts = [
+                (torch.Generator(self.device).manual_seed(seed), k)
+                for seed, k in zip(seeds, sizes, strict=True)
+            ]
+
+    def rand(self) -> Tensor:
+        """Uniform in [0, 1), one per image."""
+        return torch.cat([torch.rand(k, generator=g, device=self.device) for g, k in self.parts])
+
+    def randint(self, high: int) -> Tensor:
+        """Integers in [0, high), one per image."""
+        return torch.cat(
+            [torch.randint(0, high, (k,), generator=g, device=self.device) for g, k in self.parts]
+        )
+
+    def uniform(self, low: float, high: float) -> Tensor:
+        return self.rand() * (high - low) + low
 
 
-def random_flip(x: Tensor) -> Tensor:
+def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
+    """The generator seed of the batch at `step` of `epoch` on DDP rank `rank`."""
+    key = seed
+    for part in (rank, epoch, step):
+        key = (key * 1_000_003 + part) % (1 << 62)
+    return key
+
+
+Augment = Callable[..., Tensor]
+
+
+def _draws(x: Tensor, draws: Draws | None) -> Draws:
+    return draws if draws is not None else Draws(x.shape[0], x.device)
+
+
+def random_flip(x: Tensor, draws: Draws | None = None) -> Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    flip = _draws(x, draws).rand() < 0.5
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def random_crop(x: Tensor, padding: int = 4) -> Tensor:
+def random_crop(x: Tensor, draws: Draws | None = None, padding: int = 4) -> Tensor:
     """Zero-pad by `padding`, then cut each image back to its size at a random offset."""
     n, _, h, w = x.shape
+    draws = _draws(x, draws)
     padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device)
+    dy = draws.randint(2 * padding + 1)
+    dx = draws.randint(2 * padding + 1)
     rows = (torch.arange(h, device=x.device) + dy[:, None])[:, None, :, None]  # n,1,h,1
     cols = (torch.arange(w, device=x.device) + dx[:, None])[:, None, None, :]  # n,1,1,w
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -41,22 +100,22 @@ def random_crop(x: Tensor, padding: int = 4) -> Tensor:
     return padded[batch, channel, rows, cols]
 
 
-def _uniform(n: int, low: float, high: float, device: torch.device) -> Tensor:
-    return torch.rand(n, device=device) * (high - low) + low
-
-
 def random_affine(
-    x: Tensor, degrees: float = 10.0, shear: float = 10.0, scale: tuple[float, float] = (0.8, 1.2)
+    x: Tensor,
+    draws: Draws | None = None,
+    degrees: float = 10.0,
+    shear: float = 10.0,
+    scale: tuple[float, float] = (0.8, 1.2),
 ) -> Tensor:
     """Rotate, shear along x and scale each image about its centre, in one bilinear warp.
 
     torchvision applies RandomRotation and RandomAffine as two nearest-neighbour warps; one
     bilinear warp of the composed transform shows the same geometry with less resampling loss.
     """
-    n = x.shape[0]
-    angle = torch.deg2rad(_uniform(n, -degrees, degrees, x.device))
-    shear_x = torch.tan(torch.deg2rad(_uniform(n, -shear, shear, x.device)))
-    zoom = _uniform(n, *scale, x.device)
+    n, draws = x.shape[0], _draws(x, draws)
+    angle = torch.deg2rad(draws.uniform(-degrees, degrees))
+    shear_x = torch.tan(torch.deg2rad(draws.uniform(-shear, shear)))
+    zoom = draws.uniform(*scale)
     # affine_grid wants the output->input map: the inverse of zoom * rotate(angle) @ shear_x,
     # which is shear(-shear_x) @ rotate(-angle) / zoom.
     cos, sin = torch.cos(angle), torch.sin(angle)
@@ -76,10 +135,14 @@ def random_affine(
 
 
 def color_jitter(
-    x: Tensor, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2
+    x: Tensor,
+    draws: Draws | None = None,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    saturation: float = 0.2,
 ):
     """torchvision's ColorJitter factors per image, applied in a fixed order (it shuffles them)."""
-    n, device = x.shape[0], x.device
+    device, draws = x.device, _draws(x, draws)
     gray_weights = torch.tensor([0.299, 0.587, 0.114], device=device, dtype=x.dtype)
 
     def gray(images: Tensor) -> Tensor:
@@ -88,20 +151,20 @@ def color_jitter(
     def blend(images: Tensor, other: Tensor, factor: Tensor) -> Tensor:
         return (other + (images - other) * factor[:, None, None, None]).clamp_(0, 1)
 
-    x = (x * _uniform(n, 1 - brightness, 1 + brightness, device)[:, None, None, None]).clamp(0, 1)
-    x = blend(
-        x, gray(x).mean((2, 3), keepdim=True), _uniform(n, 1 - contrast, 1 + contrast, device)
-    )
-    return blend(x, gray(x), _uniform(n, 1 - saturation, 1 + saturation, device))
+    x = (x * draws.uniform(1 - brightness, 1 + brightness)[:, None, None, None]).clamp(0, 1)
+    x = blend(x, gray(x).mean((2, 3), keepdim=True), draws.uniform(1 - contrast, 1 + contrast))
+    return blend(x, gray(x), draws.uniform(1 - saturation, 1 + saturation))
 
 
-def _flip_crop(x: Tensor) -> Tensor:
-    return random_crop(random_flip(x))
+def _flip_crop(x: Tensor, draws: Draws | None = None) -> Tensor:
+    draws = _draws(x, draws)
+    return random_crop(random_flip(x, draws), draws)
 
 
-def _seed004(x: Tensor) -> Tensor:
+def _seed004(x: Tensor, draws: Draws | None = None) -> Tensor:
     """Seed 004's set: flip, rotation 10, affine shear 10 and scale 0.8-1.2, colour jitter 0.2."""
-    return color_jitter(random_affine(random_flip(x)))
+    draws = _draws(x, draws)
+    return color_jitter(random_affine(random_flip(x, draws), draws), draws)
 
 
 PRESETS: dict[str, Augment | None] = {

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from src.data.augment import get_augment
+from src.data.augment import Draws, get_augment, step_seed
 from src.data.cache import CachedData, load_or_build
 from src.data.loader import EpochShuffle, TensorBatchLoader, batches_per_fetch
 from src.data.sources import check_folder, folder_fingerprint, read_folder, read_official
@@ -47,9 +47,15 @@ class CIFAR10DataModule(L.LightningDataModule):
             split for every run, so seed repeats are scored on the same images).
         seed: the order of the training images (a new permutation per epoch from it).
         augment: training augmentation preset (see src.data.augment.PRESETS).
+        augment_seed: seeds the augmentation's random parameters, with the DDP rank, the epoch
+            and the step (see src.data.augment.Draws).
         normalize: "seed" (mean 0.5, std 0.5 as in the studies) or "dataset" (the training
             split's own mean and std).
-        on_device: keep the whole data set on the GPU when training on one.
+        batch_size: images per optimizer step over all DDP ranks together (the global batch):
+            each of N ranks takes batch_size / N of them, so trainer=ddp keeps the recipe's
+            batch, step count, learning rate and schedule.
+        on_device: keep the whole data set on the GPU when training on one; if false, each
+            training fetch is copied from pinned host memory (asynchronously).
         fetch_size: training images handed to Lightning's loop at once, as whole batches of
             `batch_size` (at least one): the Classifier still takes one optimizer step per
             batch, so results do not depend on it; larger fetches spread Lightning's fixed cost
@@ -70,6 +76,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         split_seed: int = 0,
         seed: int = 0,
         augment: str = "none",
+        augment_seed: int = 0,
         normalize: str = "seed",
         on_device: bool = True,
         drop_last: bool = False,
@@ -92,7 +99,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                 raise ConfigError(f"data.{name} must be a positive integer, got {value!r}")
         if val_size < 0:
             raise ConfigError(f"data.val_size must be >= 0 (a count or a fraction), got {val_size}")
-        self.augment_fn = get_augment(augment)
+        self.augment_fn, self.augment_seed = get_augment(augment), augment_seed
         self.source, self.download, self.download_timeout_s = source, download, download_timeout_s
         self.root = Path(os.path.expanduser(root or default_root())).resolve()
         self.cache_dir = Path(os.path.expanduser(cache_dir or default_cache_dir()))
@@ -169,15 +176,35 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------
 
+    @property
+    def rank_batch_size(self) -> int:
+        """Training images per optimizer step on this rank: the global batch over the ranks."""
+        world = self.trainer.world_size if self.trainer else 1
+        if self.batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the batch of all {world} DDP ranks together "
+                f"and must split evenly between them: use a multiple of {world}"
+            )
+        return self.batch_size // world
+
     def _loader(self, images: Tensor, labels: Tensor, indices: Tensor, train: bool):
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         sampler = EpochShuffle(indices, shuffle=train, seed=self.seed, rank=rank, world_size=world)
+        # Host memory the GPU copies from asynchronously (data kept off the GPU).
+        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        pin = pin and images.device.type == "cpu"
         if not train:
-            return TensorBatchLoader(images, labels, sampler, self.eval_batch_size)
+            return TensorBatchLoader(images, labels, sampler, self.eval_batch_size, pin=pin)
         return TensorBatchLoader(
-            images, labels, sampler, self.batch_size, self.drop_last, per_fetch=self.per_fetch
+            images,
+            labels,
+            sampler,
+            self.rank_batch_size,
+            self.drop_last,
+            per_fetch=self.per_fetch,
+            pin=pin,
         )
 
     def train_dataloader(self):
@@ -197,5 +224,18 @@ class CIFAR10DataModule(L.LightningDataModule):
         images, labels = batch
         images = images.float().div_(255)
         if self.augment_fn is not None and self.trainer is not None and self.trainer.training:
-            images = self.augment_fn(images)
+            images = self.augment_fn(images, self._draws(len(images), images.device))
         return images, labels
+
+    def _draws(self, n: int, device: torch.device) -> Draws:
+        """The random numbers of this training fetch: each of its batches draws from a generator
+        keyed by its step in the epoch, so data.fetch_size does not change them."""
+        trainer, size = self.trainer, self.rank_batch_size
+        # Fetches this epoch before this one (Lightning counts the fetch after this hook); also
+        # right after a mid-epoch resume, where it restores the count with the loader's place.
+        first = trainer.fit_loop.epoch_loop.batch_progress.current.ready * self.per_fetch
+        seeds = [
+            step_seed(self.augment_seed, trainer.global_rank, trainer.current_epoch, first + k)
+            for k in range(-(-n // size))
+        ]
+        return Draws(n, device, seeds, size)

@@ -74,9 +74,13 @@ class TensorBatchLoader:
         batch_size: int,
         drop_last: bool = False,
         per_fetch: int = 1,
+        pin: bool = False,
     ):
         self.images, self.labels, self.sampler = images, labels, sampler
         self.batch_size, self.drop_last, self.per_fetch = batch_size, drop_last, per_fetch
+        # Each fetch in pinned (page-locked) memory, which the GPU copies asynchronously;
+        # torch's host allocator reuses the pinned blocks of earlier fetches.
+        self.pin = pin
         self.batches_yielded = 0  # fetches, in the current epoch
         self._resume_at = 0
 
@@ -106,4 +110,7 @@ class TensorBatchLoader:
         for i in range(start, len(self)):
             idx = order[i * fetch : (i + 1) * fetch]
             self.batches_yielded = i + 1
-            yield self.images[idx].permute(0, 3, 1, 2), self.labels[idx]
+            images, labels = self.images[idx], self.labels[idx]
+            if self.pin:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images.permute(0, 3, 1, 2), labels

@@ -22,7 +22,8 @@ class Classifier(L.LightningModule):
         net: the network (any nn.Module mapping N x 3 x H x W to N x classes).
         optimizer: factory `optimizer(params)` (a Hydra `_partial_` config).
         scheduler: factory `scheduler(optimizer, total_steps)` stepped every batch, or None.
-        batch_size: images per optimizer step. A training batch holding more (the data module
+        batch_size: images per optimizer step, over all DDP ranks together (each rank steps on
+            batch_size / world_size of them). A training batch holding more (the data module
             hands over several batches at once: data.fetch_size) is taken as consecutive steps
             of this many images, so the optimizer sees exactly the batches it would see one at
             a time. None: one step per training batch.
@@ -58,24 +59,38 @@ class Classifier(L.LightningModule):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         n = len(self.class_names)
-        # The training epoch's sums of (loss, correct predictions, images), from which
-        # train/loss and train/acc are logged at its end. Three in-place adds per step: a
+        # This rank's sums over the training epoch of (loss, correct predictions, images), from
+        # which train/loss and train/acc are logged at its end. Three in-place adds per step: a
         # per-step self.log or torchmetrics update costs a large part of a batch-4 step of the
         # tutorial net on the CPU (benchmarks, README "Speed"), and nothing here reads a value
-        # back to the host (no device sync per step on a GPU).
-        self.register_buffer("train_sums", torch.zeros(3), persistent=False)
+        # back to the host (no device sync per step on a GPU). A plain float64 tensor, not a
+        # buffer: DDP would overwrite every rank's buffers with rank 0's before each forward,
+        # and bf16-true / 16-true would cast a buffer to 16 bits (32768 + 64 == 32768 there).
+        self.train_sums = torch.zeros(3, dtype=torch.float64)
         self.val_acc = MulticlassAccuracy(n, average="micro")
         self.test_acc = MulticlassAccuracy(n, average="micro")
         self.val_confusion = MulticlassConfusionMatrix(n)
         self.test_confusion = MulticlassConfusionMatrix(n)
-        # A buffer, not a metric object: it is saved in checkpoints and survives a resume.
+        # A buffer, not a metric object: it is saved in checkpoints and survives a resume. Kept
+        # float32 whatever the training precision (see _apply).
         self.register_buffer("val_acc_best", torch.tensor(float("-inf")))
         # Filled at the end of each stage, for reports and metrics.json.
         self.val_confusion_best: Tensor | None = None
         self.test_results: dict = {}
 
+    def _apply(self, fn, recurse: bool = True):
+        # bf16-true / 16-true convert the whole module (module.to(dtype)), which would round the
+        # best accuracy to 16 bits (63.21 -> 63.25); it follows the module's device only.
+        best = self.val_acc_best
+        super()._apply(fn, recurse)
+        device = self.mean.device
+        self.val_acc_best = best.to(device=device, dtype=torch.float32)
+        self.train_sums = self.train_sums.to(device)
+        return self
+
     def forward(self, images: Tensor) -> Tensor:
-        x = (images - self.mean) / self.std
+        # In the network's dtype: bf16-true / 16-true cast the weights but not our float32 input.
+        x = ((images - self.mean) / self.std).to(self.mean.dtype)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -105,7 +120,9 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, labels = batch
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        size = self.hparams.batch_size or len(labels)
+        # data.batch_size is the global batch: each DDP rank steps on its share of it.
+        batch_size = self.hparams.batch_size
+        size = batch_size // self.trainer.world_size if batch_size else len(labels)
         max_steps = self.trainer.max_steps
         for step_batch in zip(images.split(size), labels.split(size), strict=True):
             if 0 < max_steps <= self.trainer.global_step:
@@ -118,7 +135,7 @@ class Classifier(L.LightningModule):
             if scheduler is not None:
                 scheduler.step()
             with torch.no_grad():
-                self.train_sums[0] += losses.sum()
+                self.train_sums[0] += losses.detach().sum().double()
                 self.train_sums[1] += (preds == step_labels).sum()
                 self.train_sums[2] += len(step_labels)
         # The last step's loss, for callbacks (a NaN anywhere in the batch carries on to it).
@@ -137,11 +154,13 @@ class Classifier(L.LightningModule):
     # Accuracies are computed at epoch end rather than logged as metric objects, so they are
     # logged in percent, and per class, in one place.
     def on_train_epoch_end(self) -> None:
-        loss, correct, images = self.trainer.strategy.reduce(self.train_sums, reduce_op="sum")
+        # Summed over every rank (the all-reduce works in place: on a copy).
+        sums = self.trainer.strategy.reduce(self.train_sums.clone(), reduce_op="sum")
+        loss, correct, images = sums
         images = images.clamp(min=1)
         # The sums are over every rank already; sync_dist then averages equal values.
-        self.log("train/loss", loss / images, sync_dist=True)
-        self.log("train/acc", correct / images * 100, sync_dist=True)
+        self.log("train/loss", (loss / images).float(), sync_dist=True)
+        self.log("train/acc", (correct / images * 100).float(), sync_dist=True)
         self.train_sums.zero_()
 
     def on_validation_epoch_end(self) -> None:

@@ -1,0 +1,67 @@
+"""make gpu-check, as far as a machine without CUDA can check it: every step's commands compose,
+the results are written, and without CUDA it stops with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import gpu_check
+from tests.conftest import ROOT, compose_config
+
+CONFIGS = {"src.train": "train", "src.eval": "eval", "src.predict": "predict"}
+
+
+def test_every_step_command_composes_with_hydra(tmp_path):
+    steps = gpu_check.plan(tmp_path / "data", tmp_path / "out", tmp_path / "runs")
+    assert [s.key for s in steps] == list("abcdefgh")
+    composed = 0
+    for step in steps:
+        assert not step.env or len(step.env) == len(step.commands), step.key
+        for command in step.commands:
+            assert command[0] == sys.executable
+            if command[2] not in CONFIGS:
+                continue  # benchmarks.gpu: its own arguments
+            overrides = [o for o in command[3:] if o != "-m" and not o.startswith("hydra.")]
+            # A sweep's list composes as its first value.
+            overrides = [o.split(",")[0] if o.startswith("seed=") else o for o in overrides]
+            compose_config(CONFIGS[command[2]], overrides, tmp_path / "compose")
+            composed += 1
+    assert composed == 20  # every command but benchmarks.gpu
+
+
+def test_results_are_written_as_json_and_a_table(tmp_path):
+    result = {
+        "step": "a", "title": "default run", "commands": ["-m src.train trainer.max_epochs=2"],
+        "status": "failed", "figures": {"gpu_test_acc": 51.2}, "time_s": 12.5,
+        "exit_codes": [1], "error_tail": "CUDA error: out of memory",
+    }  # fmt: skip
+    gpu_check.write_results(tmp_path, {"device": "NVIDIA H200", "commit": "abc"}, [result])
+    saved = json.loads((tmp_path / "check.json").read_text())
+    assert saved["device"] == "NVIDIA H200" and saved["steps"][0]["figures"]["gpu_test_acc"] == 51.2
+    table = (tmp_path / "check.md").read_text()
+    assert "| a | failed | 12.5 | default run |" in table
+    assert "CUDA error: out of memory" in table
+
+
+@pytest.mark.skipif(
+    subprocess.run(
+        [sys.executable, "-c", "import torch; assert not torch.cuda.is_available()"]
+    ).returncode,
+    reason="this machine has CUDA",
+)
+def test_without_cuda_gpu_check_says_so_in_one_line(tmp_path):
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "GPU_PY": sys.executable, "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no CUDA GPU" in done.stderr
+    assert not Path(tmp_path, ".cache").exists()  # nothing installed or unpacked
