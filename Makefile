@@ -14,7 +14,7 @@ DATA_ARGS ?= data.source=folder data.root=$(LOCAL_DATA)
 DATA_DEP := $(LOCAL_DATA)/.unpacked
 endif
 
-.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce bench
+.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce bench slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,14 @@ bench: $(VENV)/.installed-bench $(DATA_DEP)
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install -e '.[dev,bench]'
 	touch $@
+
+# A one-node SLURM cluster on this machine (root; apt-get install slurm-wlm munge), for the
+# slurm tests and docs/slurm.md; slurm-down stops it and leaves nothing running.
+slurm-up:
+	scripts/slurm.sh up
+
+slurm-down:
+	scripts/slurm.sh down
 
 lint: install
 	$(VENV)/bin/ruff check .
