@@ -14,7 +14,7 @@ DATA_ARGS ?= data.source=folder data.root=$(LOCAL_DATA)
 DATA_DEP := $(LOCAL_DATA)/.unpacked
 endif
 
-.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce bench device-bundle gpu-check
+.PHONY: install train test test-all lint format tensorboard report docs-pictures data clean distclean reproduce bench device-bundle gpu-check slurm-up slurm-down
 
 install: $(VENV)/.installed
 
@@ -73,6 +73,14 @@ device-bundle: install
 # results/gpu/check.json and check.md. Uses the machine's own python3 (GPU_PY), not the venv.
 gpu-check:
 	bash benchmarks/gpu_check.sh $(ARGS)
+
+# A one-node SLURM cluster on this machine (root; apt-get install slurm-wlm munge), for the
+# slurm tests and docs/slurm.md; slurm-down stops it and leaves nothing running.
+slurm-up:
+	scripts/slurm.sh up
+
+slurm-down:
+	scripts/slurm.sh down
 
 lint: install
 	$(VENV)/bin/ruff check .

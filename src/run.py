@@ -245,6 +245,8 @@ def entry_point(main: Callable[[], Any]) -> Callable[[], Any]:
             return main(*args, **kwargs)
         except (ConfigCompositionException, OverrideParseException) as err:
             _exit_with(config_error_line(err))
+        except UserError as err:  # raised by a launcher (a SLURM request the cluster refuses)
+            _exit_with(str(err))
         except CompactHydraException as err:  # the sweep launcher: "2 of 8 jobs did not finish"
             print(f"[ERROR] {err}", file=sys.stderr)
             sys.exit(1)

@@ -200,8 +200,12 @@ def sbatch_script(cfg, tmp_path: Path, monkeypatch) -> str:
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")
     (tmp_path / "bin" / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    from hydra_plugins.cifar10_lab_launcher.slurm_launcher import Nodes, fit_to
+
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    del params["_target_"]
+    for own in ("_target_", "skip_finished", "resume_key", "metric", "poll_s"):
+        del params[own]
+    params = fit_to(params, Nodes("gpu", cpus=32, mem_mb=256000, gpus=4))  # as sinfo reports
     executor = submitit.AutoExecutor(
         folder=params.pop("submitit_folder"),
         cluster="slurm",
@@ -220,7 +224,12 @@ def test_slurm_configs_compose(tmp_path, monkeypatch):
     )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     script = sbatch_script(cfg, tmp_path, monkeypatch)
-    for line in ("--gpus-per-node=1", "--ntasks-per-node=1", "--partition=gpu", "--time=240"):
+    for line in (
+        "--gpus-per-node=1",
+        "--ntasks-per-node=1",
+        "--partition=gpu",
+        "--cpus-per-task=8",
+    ):
         assert f"#SBATCH {line}\n" in script
     cfg = compose_config(
         "train",

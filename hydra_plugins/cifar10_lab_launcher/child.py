@@ -43,6 +43,37 @@ def describe(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())
 
 
+def run_task(hydra_context, task_function, config) -> tuple[dict, int]:
+    """Run one sweep job in this process: ({ok, return_value or error}, exit status).
+
+    Shared with the SLURM launcher, whose jobs run the same way on the cluster's nodes.
+    """
+    from hydra.core.utils import JobStatus, run_job
+
+    try:
+        ret = run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        if ret.status == JobStatus.COMPLETED:
+            return {"ok": True, "return_value": ret.return_value}, 0
+        err = ret._return_value
+        sys.stderr.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
+        return {"ok": False, "error": describe(err)}, 1
+    except SystemExit as err:  # the task's own clean exit (a user error, already logged)
+        code = err.code if isinstance(err.code, int) else 1
+        if code == 0:
+            return {"ok": True, "return_value": None}, 0
+        cause = err.__context__  # the exception the task was handling when it exited
+        return {"ok": False, "error": describe(cause) if cause else f"exit status {code}"}, code
+    except BaseException as err:  # KeyboardInterrupt too: report it, then exit
+        traceback.print_exc()
+        return {"ok": False, "error": describe(err)}, 1
+
+
 def main(job_file: str, result_file: str) -> int:
     with open(job_file, "rb") as file:
         header = pickle.load(file)  # plain data: needs no import
@@ -53,40 +84,14 @@ def main(job_file: str, result_file: str) -> int:
         job = pickle.load(file)  # cloudpickled task function, context and config
 
     from hydra.core.singleton import Singleton
-    from hydra.core.utils import JobStatus, run_job, setup_globals
+    from hydra.core.utils import setup_globals
 
     rank0 = os.environ.get("LOCAL_RANK", "0") == "0"
     result: dict = {"pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    code = 0
-    try:
-        setup_globals()
-        Singleton.set_state(job["singletons"])
-        ret = run_job(
-            hydra_context=job["hydra_context"],
-            task_function=job["task_function"],
-            config=job["config"],
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
-        if ret.status == JobStatus.COMPLETED:
-            result.update(ok=True, return_value=ret.return_value)
-        else:
-            err = ret._return_value
-            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            sys.stderr.write(text)
-            result.update(ok=False, error=describe(err))
-            code = 1
-    except SystemExit as err:  # the task's own clean exit (a user error, already logged)
-        code = err.code if isinstance(err.code, int) else 1
-        if code != 0:
-            cause = err.__context__  # the exception the task was handling when it exited
-            result.update(ok=False, error=describe(cause) if cause else f"exit status {code}")
-        else:
-            result.update(ok=True, return_value=None)
-    except BaseException as err:  # KeyboardInterrupt too: report it, then exit
-        traceback.print_exc()
-        result.update(ok=False, error=describe(err))
-        code = 1
+    setup_globals()
+    Singleton.set_state(job["singletons"])
+    outcome, code = run_task(job["hydra_context"], job["task_function"], job["config"])
+    result.update(outcome)
     if rank0:
         try:
             _write_result(result_file, result)

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import naming
 from .slots import Slot, plan_slots, resolve_devices, usable_cores
-from .summary import FINISHED, RUNNING, Summary, mark_dead, read_metrics
+from .summary import FINISHED, RUNNING, Summary, left_unfinished, mark_dead, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,7 @@ class ParallelLauncher(Launcher):
             self.resume_key
             and self.resume_key in config
             and not config.get("ckpt_path")
-            and (job.dir / "checkpoints" / "last.ckpt").is_file()
-            and read_metrics(job.dir).get("status") not in (None, FINISHED)
+            and left_unfinished(job.dir)
         )
 
     # -- one job --------------------------------------------------------------------------------

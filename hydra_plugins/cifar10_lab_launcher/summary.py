@@ -44,6 +44,13 @@ def read_metrics(job_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def left_unfinished(job_dir: Path) -> bool:
+    """An earlier launch left this job unfinished with a checkpoint to continue from."""
+    return (job_dir / "checkpoints" / "last.ckpt").is_file() and read_metrics(job_dir).get(
+        "status"
+    ) not in (None, FINISHED)
+
+
 def mark_dead(job_dir: Path, error: str) -> None:
     """A job that died without recording its end (SIGKILL, OOM killer) is failed, not running."""
     metrics = read_metrics(job_dir)
