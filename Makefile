@@ -35,7 +35,7 @@ train: install $(DATA_DEP)
 	$(PY) -m src.train $(DATA_ARGS) $(ARGS)
 
 # Rerun the seed studies this machine can afford (runs already in results/reproduce.json are kept)
-# and rewrite the README's reproduction table; see README "Reproducing the studies".
+# and rewrite the reproduction table; see docs/reproducing.md.
 reproduce: install $(DATA_DEP)
 	$(PY) -m src.reproduce $(DATA_ARGS) $(ARGS)
 
@@ -45,7 +45,7 @@ test: install
 test-all: install $(DATA_DEP)
 	$(PY) -m pytest -m "slow or not slow"
 
-# Speed against the seeds' loop and the machine's limit (README, "Speed"): about 15 minutes on
+# Speed against the seeds' loop and the machine's limit (docs/speed.md): about 15 minutes on
 # 2 CPU cores; writes benchmarks/results/<cpu|gpu>.json and .md. Options go in ARGS.
 bench: $(VENV)/.installed-bench $(DATA_DEP)
 	$(PY) -m benchmarks $(DATA_ARGS) $(ARGS)

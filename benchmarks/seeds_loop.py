@@ -3,7 +3,7 @@
     python -m benchmarks.seeds_loop data.source=folder \
         data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg --seeds 0 1 2
 
-The yardstick for the reproduction table's tutorial row (README, "Reproducing the studies"):
+The yardstick for the reproduction table's tutorial row (docs/reproducing.md):
 the published 53% was measured on the official test set, while this copy is JPEG with 5,000
 test images. Running the seeds' own code here tells the copy's drift apart from any difference
 of cifar10-lab's. Each seed trains the tutorial net for 2 epochs at batch 4 (SGD 0.001, momentum

@@ -77,7 +77,7 @@ class ProgressBar(RichProgressBar):
 
     Lightning's own redraws the training bar and re-reads every logged metric after every
     batch; for the tutorial net at batch 4 that took longer than the training step itself
-    (benchmarks, README "Speed").
+    (benchmarks, docs/speed.md).
     """
 
     def __init__(self, per_second: float = 4.0):

@@ -71,7 +71,7 @@ def keep_freed_memory() -> None:
     glibc returns the large ones (munmap, heap trimming) and the next step faults them in
     again, zero-filled: measured up to 700 page faults per batch-64 step of the tutorial net
     under Lightning, against 15 in a plain loop, and a tenth of its CPU time (benchmarks,
-    README "Speed"). Fixed thresholds (which also switch off glibc's adaptive ones) keep those
+    docs/speed.md). Fixed thresholds (which also switch off glibc's adaptive ones) keep those
     buffers mapped. Without glibc (macOS, musl) this does nothing.
     """
     try:

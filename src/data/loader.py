@@ -51,7 +51,7 @@ class TensorBatchLoader:
 
     Why fetch several batches at once: Lightning's loop costs about a millisecond of Python per
     batch it handles, as much as a whole batch-4 step of the tutorial net on the CPU (profile in
-    README "Speed"). Handing it 64 batches of 4 at once pays that cost once per 64 optimizer
+    docs/speed.md). Handing it 64 batches of 4 at once pays that cost once per 64 optimizer
     steps, while the steps (their images, order and count) stay those of batches of
     `batch_size`.
 

@@ -52,7 +52,7 @@ class Classifier(L.LightningModule):
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.automatic_optimization = False
         # channels_last: the weights too, not only the inputs; with NCHW weights the convolutions
-        # of the tutorial net at batch 256 took 16% more CPU time (benchmarks, README "Speed").
+        # of the tutorial net at batch 256 took 16% more CPU time (benchmarks, docs/speed.md).
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
@@ -62,7 +62,7 @@ class Classifier(L.LightningModule):
         # This rank's sums over the training epoch of (loss, correct predictions, images), from
         # which train/loss and train/acc are logged at its end. Three in-place adds per step: a
         # per-step self.log or torchmetrics update costs a large part of a batch-4 step of the
-        # tutorial net on the CPU (benchmarks, README "Speed"), and nothing here reads a value
+        # tutorial net on the CPU (benchmarks, docs/speed.md), and nothing here reads a value
         # back to the host (no device sync per step on a GPU). A plain float64 tensor, not a
         # buffer: DDP would overwrite every rank's buffers with rank 0's before each forward,
         # and bf16-true / 16-true would cast a buffer to 16 bits (32768 + 64 == 32768 there).
