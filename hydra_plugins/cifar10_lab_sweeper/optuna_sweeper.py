@@ -10,6 +10,7 @@ to it after every epoch (src/callbacks.py, OptunaPruning) and be pruned.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import math
 import shlex
@@ -45,6 +46,30 @@ class SearchFailed(CompactHydraException):
     """The search cannot start or no trial finished; Hydra prints this one line."""
 
 
+class TrialExited(Exception):
+    """A trial's task exited with an error status (see trial_task)."""
+
+
+def trial_task(task: TaskFunction) -> TaskFunction:
+    """`task`, failing its trial instead of exiting when it exits with an error status.
+
+    src.train reports a user error or a diverged run in one line and exits (status 2 or 3). With
+    Hydra's basic launcher the trials run in the sweeper's own process, so that exit would end
+    the whole search. A stop by a signal (Ctrl-C, SIGTERM: status 128 and up) still ends it.
+    """
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except SystemExit as err:
+            if isinstance(err.code, int) and 0 < err.code < 128:
+                raise TrialExited(f"exited with status {err.code}") from err
+            raise
+
+    return run
+
+
 class OptunaSweeper(Sweeper):
     def __init__(
         self,
@@ -66,13 +91,14 @@ class OptunaSweeper(Sweeper):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher = None
+        self.grid_done = False
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
+            hydra_context=hydra_context, task_function=trial_task(task_function), config=config
         )
 
     def sweep(self, arguments: list[str]) -> None:
@@ -107,7 +133,8 @@ class OptunaSweeper(Sweeper):
             )
             study.sampler = self._sampler(len(study.trials))
             self._fail_left_running(study, backend)
-            while (done := _counted(study)) < self.n_trials:
+            self.grid_done = False
+            while (done := _counted(study)) < self.n_trials and not self.grid_done:
                 trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
                 self._run_batch(study, backend, trials, fixed, sweep_dir)
             self._report(study, fixed, sweep_dir, journal)
@@ -189,14 +216,24 @@ class OptunaSweeper(Sweeper):
         metrics = read_metrics(run_dir)
         status = metrics.get("status", "finished" if completed else "failed")
         if status == "finished" and isinstance(value, (int, float)) and math.isfinite(value):
-            study.tell(trial, float(value))
+            self._tell_study(study, trial, values=float(value))
             return
         error = metrics.get("error") or (
             str(value) if not completed else f"returned {value!r}, not a number"
         )
         trial.set_user_attr("status", status)
         trial.set_user_attr("error", " ".join(str(error).split()))
-        study.tell(trial, state=TrialState.FAIL)
+        self._tell_study(study, trial, state=TrialState.FAIL)
+
+    def _tell_study(self, study: optuna.Study, trial: optuna.trial.Trial, **how: Any) -> None:
+        try:
+            study.tell(trial, **how)
+        except RuntimeError as err:
+            # GridSampler and BruteForceSampler call study.stop() once every point was asked for,
+            # which Optuna allows only inside study.optimize; the trial was stored all the same.
+            if "Study.stop" not in str(err):
+                raise
+            self.grid_done = True
 
     def _report(self, study: optuna.Study, fixed: list[str], sweep_dir: Path, journal: Path):
         """Log the counts and the best trial with the command that reruns it; write
