@@ -22,9 +22,10 @@ from hydra_plugins.cifar10_lab_sweeper.study import storage
 from tests.conftest import ROOT, compose_config, run_cli
 from tests.test_sweeps import most_at_once, summary, sweep_args
 
-# Every depth and kernel size of hparams_search=optuna fits with padding=same; basic launcher:
-# the trials run one after another in the sweeper's process (no process start per trial).
-BASIC = ["hparams_search=optuna", "model.padding=same", "hydra/launcher=basic"]
+# Every depth and kernel size of hparams_search=optuna fits with padding=same; a narrow net (the
+# width fixed on the command line) keeps trials short; basic launcher: the trials run one after
+# another in the sweeper's process (no process start per trial).
+BASIC = ["hparams_search=optuna", "model.padding=same", "model.width=4", "hydra/launcher=basic"]
 
 
 def load(sweep_dir: Path, name: str = "convnet") -> optuna.Study:
@@ -60,10 +61,11 @@ def test_a_search_keeps_its_study_and_a_relaunch_adds_trials(folder_data, tmp_pa
     assert words[:3] == ["python", "-m", "src.train"]
     cfg = compose_config("train", words[3:], tmp_path / "rerun")
     assert cfg.optimizer.lr == best.params["optimizer.lr"]
-    assert (cfg.model.width, cfg.model.depth) == (
-        best.params["model.width"],
+    assert (cfg.model.depth, cfg.model.kernel_size) == (
         best.params["model.depth"],
+        best.params["model.kernel_size"],
     )
+    assert cfg.model.width == 4 and "model.width" not in best.params
     assert cfg.trainer.max_epochs == 1 and cfg.optuna_trial is None
     folders = {
         n: (sweep_dir / f"trial_{n:04d}" / "metrics.json").stat().st_mtime_ns for n in range(6)
