@@ -71,10 +71,16 @@ def test_a_search_keeps_its_study_and_a_relaunch_adds_trials(folder_data, tmp_pa
         n: (sweep_dir / f"trial_{n:04d}" / "metrics.json").stat().st_mtime_ns for n in range(6)
     }
 
-    # A relaunch on the same folder with a larger budget runs only the new trials.
-    check(run_cli("src.train", *args, "hydra.sweeper.n_trials=8"))
+    # As a search killed while trial 6 ran leaves its study:
+    load(sweep_dir).ask({"optimizer.lr": FloatDistribution(0.001, 0.3, log=True)})
+
+    # A relaunch on the same folder with a larger budget runs only the new trials; the one left
+    # running is failed, and does not count towards n_trials.
+    check(run_cli("src.train", *args, "hydra.sweeper.n_trials=7"))
     trials = load(sweep_dir).get_trials()
     assert [t.number for t in trials] == list(range(8))
+    assert trials[6].state == TrialState.FAIL and trials[6].user_attrs["interrupted"]
+    del trials[6]
     for old, now in zip(first, trials[:6], strict=True):
         assert (now.state, now.params, now.values, now.datetime_complete) == (
             old.state,

@@ -131,7 +131,8 @@ class OptunaSweeper(Sweeper):
                 direction=self.direction,
                 load_if_exists=True,
             )
-            study.sampler = self._sampler(len(study.trials))
+            if self.sampler:  # else Optuna's default (TPE, unseeded)
+                study.sampler = self._sampler(len(study.trials))
             self._fail_left_running(study, backend)
             self.grid_done = False
             while (done := _counted(study)) < self.n_trials and not self.grid_done:
@@ -139,11 +140,9 @@ class OptunaSweeper(Sweeper):
                 self._run_batch(study, backend, trials, fixed, sweep_dir)
             self._report(study, fixed, sweep_dir, journal)
 
-    def _sampler(self, n_trials_before: int) -> optuna.samplers.BaseSampler | None:
+    def _sampler(self, n_trials_before: int) -> optuna.samplers.BaseSampler:
         """The configured sampler; a relaunch shifts its seed by the trials already in the study,
         so it does not suggest the first launch's points again."""
-        if not self.sampler:
-            return None
         if self.sampler.get("seed") is None:
             return instantiate(self.sampler)
         return instantiate(self.sampler, seed=int(self.sampler.seed) + n_trials_before)
@@ -219,7 +218,7 @@ class OptunaSweeper(Sweeper):
             self._tell_study(study, trial, values=float(value))
             return
         error = metrics.get("error") or (
-            str(value) if not completed else f"returned {value!r}, not a number"
+            str(value) if not completed else f"optimized_metric is {value!r}, not a number"
         )
         trial.set_user_attr("status", status)
         trial.set_user_attr("error", " ".join(str(error).split()))
