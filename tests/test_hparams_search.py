@@ -284,4 +284,9 @@ def test_the_docs_commands_compose(tmp_path):
     assert len(commands) >= 4
     for command in commands:
         words = [w for w in shlex.split(command.rstrip("\\")) if w != "-m"]
-        compose_config("train", words, tmp_path / "docs")
+        # As the sweeper does: a sweep on the command line joins the search space, the rest
+        # composes every trial's config.
+        space, fixed = search_space({}, words)
+        cfg = compose_config("train", fixed, tmp_path / "docs")
+        space, _ = search_space(cfg.hydra.sweeper.params, words)
+        assert space, command
