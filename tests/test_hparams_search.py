@@ -178,6 +178,11 @@ def test_a_pruned_trial_stops_early_and_is_recorded_as_pruned(folder_data, tmp_p
     assert metrics["status"] == "pruned" and metrics["epochs"] == 1
     assert metrics["val/acc_best"] == pytest.approx(pruned.intermediate_values[1], abs=1e-3)
     assert "test/acc" not in metrics  # a pruned trial is not tested
+    # The sweep report counts it as pruned, and the trial number is no swept setting.
+    report = run_cli("src.report", str(tmp_path / "sweep"))
+    check(report)
+    counts = re.search(r"2 jobs: 1 finished, 1 pruned\. Swept: (.*)\.", report.stdout)
+    assert counts and "optuna_trial" not in counts[1], report.stdout[-2000:]
 
 
 def test_pruner_presets_build(tmp_path):
