@@ -124,8 +124,8 @@ def optuna_pruning(trial: int | None, monitor: str = "val/acc") -> OptunaPruning
     hydra = HydraConfig.get()
     if "study_name" not in hydra.sweeper:
         raise ConfigError(
-            f"optuna_trial={trial} is set by the Optuna search (hydra/sweeper=optuna) for its "
-            "own trials: leave it out"
+            f"optuna_trial={trial} is set by the Optuna search (hydra/sweeper=optuna_study) for "
+            "its own trials: leave it out"
         )
     from hydra_plugins.cifar10_lab_sweeper.study import job_trial
 

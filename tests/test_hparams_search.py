@@ -1,5 +1,5 @@
-"""The Optuna search (hydra/sweeper=optuna) end to end on tiny data: the study file, relaunches,
-failures, pruning, the parallel launcher, optuna-dashboard, and the search-space syntax."""
+"""The Optuna search (hydra/sweeper=optuna_study) end to end on tiny data: the study file,
+relaunches, failures, pruning, the parallel launcher, optuna-dashboard, the search-space syntax."""
 
 from __future__ import annotations
 
@@ -258,6 +258,16 @@ def test_bad_search_settings_fail_in_one_line_before_any_trial(folder_data, tmp_
         .startswith("[ERROR] cannot search optimizer.lr=interval(0.3,0.1): ")
     )
     assert not (tmp_path / "sweep").exists()
+    result = run_cli(
+        "src.train",
+        *sweep_args(tmp_path, folder_data, *BASIC, "hydra.sweeper.pruner={_target_:x.Nope}"),
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("[ERROR] hydra.sweeper.pruner cannot be built: ")
+    )
     # A second launch on a folder whose search is running would fail the first's trials.
     journal = tmp_path / "busy" / "optuna.journal"
     journal.parent.mkdir()

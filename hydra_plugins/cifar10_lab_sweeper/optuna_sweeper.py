@@ -29,6 +29,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..cifar10_lab_launcher.child import describe
 from ..cifar10_lab_launcher.summary import read_metrics
 from . import study as studies
 from .space import as_override, search_space
@@ -116,7 +117,21 @@ class OptunaSweeper(Sweeper):
                 f"hydra.sweeper.n_trials and n_jobs must be at least 1, got {self.n_trials} and "
                 f"{self.n_jobs}"
             )
-        studies.pruner(self.pruner)  # a bad pruner config fails here, not in every trial
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigCompositionException(
+                f"hydra.sweeper.direction must be maximize or minimize, got {self.direction}"
+            )
+        # Bad sampler or pruner settings fail here in one line, not later in every trial.
+        for name, build in (
+            ("pruner", lambda: studies.pruner(self.pruner)),
+            ("sampler", lambda: self._sampler(0)),
+        ):
+            try:
+                build()
+            except Exception as err:
+                raise ConfigCompositionException(
+                    f"hydra.sweeper.{name} cannot be built: {describe(err)}"
+                ) from None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -131,18 +146,18 @@ class OptunaSweeper(Sweeper):
                 direction=self.direction,
                 load_if_exists=True,
             )
-            if self.sampler:  # else Optuna's default (TPE, unseeded)
-                study.sampler = self._sampler(len(study.trials))
+            study.sampler = self._sampler(len(study.trials)) or study.sampler
             self._fail_left_running(study, backend)
-            self.grid_done = False
             while (done := _counted(study)) < self.n_trials and not self.grid_done:
                 trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
-                self._run_batch(study, backend, trials, fixed, sweep_dir)
+                self._run_batch(study, trials, fixed, sweep_dir)
             self._report(study, fixed, sweep_dir, journal)
 
-    def _sampler(self, n_trials_before: int) -> optuna.samplers.BaseSampler:
-        """The configured sampler; a relaunch shifts its seed by the trials already in the study,
-        so it does not suggest the first launch's points again."""
+    def _sampler(self, n_trials_before: int) -> optuna.samplers.BaseSampler | None:
+        """The configured sampler (None: Optuna's default); a relaunch shifts its seed by the
+        trials already in the study, so it does not suggest the first launch's points again."""
+        if not self.sampler:
+            return None
         if self.sampler.get("seed") is None:
             return instantiate(self.sampler)
         return instantiate(self.sampler, seed=int(self.sampler.seed) + n_trials_before)
@@ -166,7 +181,6 @@ class OptunaSweeper(Sweeper):
     def _run_batch(
         self,
         study: optuna.Study,
-        backend: Any,
         trials: list[optuna.trial.Trial],
         fixed: list[str],
         sweep_dir: Path,
