@@ -9,8 +9,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Checkpoint, RichProgressBar
 
+from src.errors import ConfigError
 from src.run import to_log_file
 
 log = logging.getLogger(__name__)
@@ -121,3 +123,57 @@ class EpochSummary(Checkpoint):
             log.info("%s", line)
         else:
             to_log_file(line, __name__)
+
+
+class OptunaPruning(L.Callback):
+    """Report the validation accuracy to the run's Optuna trial after every epoch, and stop
+    training when the study's pruner says the trial is hopeless.
+
+    The trial is told it was pruned here, in the job's own process, through the study file that
+    the sweeper shares with every job (hydra_plugins/cifar10_lab_sweeper); `pruned` tells
+    src.train to record the run as pruned.
+    """
+
+    def __init__(self, trial: Any, monitor: str = "val/acc"):
+        self.trial, self.monitor = trial, monitor
+        self.pruned = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        prune = False
+        if trainer.is_global_zero:  # one report per epoch, not one per DDP rank
+            epochs_done = trainer.current_epoch + 1
+            self.trial.report(float(value), epochs_done)
+            prune = self.trial.should_prune()
+        if not trainer.strategy.broadcast(prune):
+            return
+        self.pruned = trainer.should_stop = True
+        if trainer.is_global_zero:
+            from optuna.trial import TrialState
+
+            self.trial.study.tell(self.trial, state=TrialState.PRUNED)
+            log.info(
+                "pruned: trial %d's %s %.2f after %d epochs is below what its pruner asks",
+                self.trial.number,
+                self.monitor,
+                float(value),
+                trainer.current_epoch + 1,
+            )
+
+
+def optuna_pruning(trial: int | None, monitor: str = "val/acc") -> OptunaPruning | None:
+    """The pruning callback of an Optuna search's trial `trial` (optuna_trial, which the sweeper
+    sets); None outside a search."""
+    if trial is None:
+        return None
+    hydra = HydraConfig.get()
+    if "study_name" not in hydra.sweeper:
+        raise ConfigError(
+            f"optuna_trial={trial} is set by the Optuna search (hydra/sweeper=optuna_study) for "
+            "its own trials: leave it out"
+        )
+    from hydra_plugins.cifar10_lab_sweeper.study import job_trial
+
+    return OptunaPruning(job_trial(hydra.sweeper, hydra.sweep.dir, trial), monitor)

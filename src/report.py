@@ -24,6 +24,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from hydra_plugins.cifar10_lab_sweeper.optuna_sweeper import TRIAL_KEY
 from src.errors import DataError
 from src.overrides import read_job_overrides
 from src.plots import save_png
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SWEEPS = Path("outputs/sweeps")
 REPEAT_KEY = "seed"  # jobs that differ only in this are repeats of one setting
-STATUSES = ("finished", "failed", "diverged")
+STATUSES = ("finished", "failed", "diverged", "pruned")
 METRICS = ("val/acc_best", "test/acc", "test/loss", "params", "wall_time_s")
 TITLES = {
     "val/acc_best": "best val acc (%)",
@@ -99,7 +100,8 @@ def read_jobs(sweep: Path) -> list[Job]:
 
 def swept_keys(jobs: Sequence[Job]) -> list[str]:
     """Override keys whose value is not the same in every job, in command-line order."""
-    keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
+    # An Optuna search's trial number is no setting of the run.
+    keys = [k for k in dict.fromkeys(k for job in jobs for k in job.overrides) if k != TRIAL_KEY]
     return [key for key in keys if len({repr(job.overrides.get(key)) for job in jobs}) > 1]
 
 

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.callbacks import OptunaPruning
 from src.console import print_layer_summary, print_results
 from src.data import CIFAR10DataModule
 from src.devices import tune_backends
@@ -99,6 +100,10 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[L.Callback] = (), **kwarg
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **kwargs)
 
 
+def pruned(trainer: L.Trainer) -> bool:
+    return any(isinstance(c, OptunaPruning) and c.pruned for c in trainer.callbacks)
+
+
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -146,6 +151,15 @@ def train(cfg: DictConfig) -> dict:
         )
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
         val_acc_best = float(model.val_acc_best)  # read before testing loads the best weights
+        if pruned(trainer):  # an Optuna trial its study stopped early: no test
+            record.update(
+                status="pruned",
+                **{"val/acc_best": round(val_acc_best, 4)},
+                params=params,
+                epochs=trainer.current_epoch,
+                wall_time_s=round(time.perf_counter() - started, 2),
+            )
+            return record.data
         epoch_time = trainer.callback_metrics.get("time/epoch_s")  # the last epoch's
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test = trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False)[0]

@@ -1,4 +1,5 @@
-"""Sweeps end to end on tiny data: the parallel launcher, failures, relaunch, Optuna, DDP, SLURM."""
+"""Sweeps end to end on tiny data: the parallel launcher, failures, relaunch, DDP, SLURM (the Optuna
+search: test_hparams_search.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
@@ -141,36 +141,6 @@ def test_a_relaunch_continues_an_unfinished_job_from_its_checkpoint(folder_data,
     assert resumed["status"] == "finished" and resumed["epochs"] == 2
     assert resumed["resumed_from"].endswith("c1=2/checkpoints/last.ckpt")
     assert summary(tmp_path / "sweep")["jobs"]["c1=3"]["skipped"]
-
-
-def test_optuna_trials_run_through_the_parallel_launcher(folder_data, tmp_path):
-    # padding=same: every depth and kernel size of the search space has a valid geometry.
-    args = sweep_args(
-        tmp_path,
-        folder_data,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.n_jobs=2",
-        "model.padding=same",
-    )
-    result = run_cli("src.train", *args)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    jobs = summary(tmp_path / "sweep")["jobs"]
-    assert len(jobs) == 2 and all(j["status"] == "finished" for j in jobs.values())
-    assert most_at_once(list(jobs.values())) == 2
-    assert all(name.startswith("lr=") and ",kernel_size=" in name for name in jobs)
-    results = tmp_path / "sweep" / "optimization_results.yaml"
-    best = yaml.safe_load(results.read_text())
-    assert best["best_value"] == max(j["return_value"] for j in jobs.values())
-    params = {"optimizer.lr", "model.base_width", "model.depth", "model.kernel_size"}
-    assert set(best["best_params"]) == params
-
-    # Relaunched on its folder, the seeded sampler asks for the same trials: all reused.
-    result = run_cli("src.train", *args)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    again = summary(tmp_path / "sweep")["jobs"]
-    assert again.keys() == jobs.keys() and all(j.get("skipped") for j in again.values())
-    assert yaml.safe_load(results.read_text()) == best
 
 
 def test_launcher_settings_that_leave_no_slot_fail_in_one_line(folder_data, tmp_path):

@@ -117,11 +117,9 @@ class ParallelLauncher(Launcher):
         assert self.config is not None
         sweep_dir = self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         command_line = list(self.config.hydra.overrides.task)
-        # A hydra.sweep.subdir given on the command line names the folders; else the swept values.
-        own_subdir = any(
-            o.split("=", 1)[0].lstrip("+~") == "hydra.sweep.subdir"
-            for o in self.config.hydra.overrides.hydra
-        )
+        # A hydra.sweep.subdir given on the command line (or by the sweeper, for each job) names
+        # the folders; else the swept values.
+        own_subdir = _sets_subdir(self.config.hydra.overrides.hydra)
         jobs, taken = [], set()
         for num, overrides in enumerate(job_overrides, start=first):
             overrides = list(overrides)
@@ -129,7 +127,7 @@ class ParallelLauncher(Launcher):
             params = naming.values(overrides, keys)
             job = Job(num, overrides, "", sweep_dir, params)
             name = naming.job_name(params, fallback=f"job{num}")
-            if own_subdir:
+            if own_subdir or _sets_subdir(overrides):
                 name = str(OmegaConf.select(self._compose(job), "hydra.sweep.subdir"))
             if name in taken:  # the same values twice in one batch: keep both runs apart
                 name = f"{name}#{num}"
@@ -422,6 +420,10 @@ class ParallelLauncher(Launcher):
                 _signal_group(job.process, signal.SIGKILL)
                 job.process.wait()
             self._collect(job)
+
+
+def _sets_subdir(overrides: Sequence[str]) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == "hydra.sweep.subdir" for o in overrides)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -1,0 +1,1 @@
+"""The project's Optuna sweeper: a search kept in a study file in the sweep folder."""
