@@ -138,7 +138,7 @@ def test_fetch_size_does_not_change_an_augmented_run(folder_data, tmp_path):
             *tiny_overrides(tmp_path, folder_data),
             "data.augment=seed004",
             f"data.fetch_size={fetch}",
-            "+model.net.dropout=0.3",  # dropout draws from the global generator
+            "model.dropout=0.3",  # dropout draws from the global generator
             f"hydra.run.dir={run}",
         )
         assert done.returncode == 0, done.stderr[-3000:]

@@ -25,7 +25,7 @@ from tests.test_sweeps import most_at_once, summary, sweep_args
 # Every depth and kernel size of hparams_search=optuna fits with padding=same; a narrow net (the
 # width fixed on the command line) keeps trials short; basic launcher: the trials run one after
 # another in the sweeper's process (no process start per trial).
-BASIC = ["hparams_search=optuna", "model.padding=same", "model.width=4", "hydra/launcher=basic"]
+BASIC = ["hparams_search=optuna", "model.padding=same", "model.base_width=4", "hydra/launcher=basic"]
 
 
 def load(sweep_dir: Path, name: str = "convnet") -> optuna.Study:
@@ -65,7 +65,7 @@ def test_a_search_keeps_its_study_and_a_relaunch_adds_trials(folder_data, tmp_pa
         best.params["model.depth"],
         best.params["model.kernel_size"],
     )
-    assert cfg.model.width == 4 and "model.width" not in best.params
+    assert cfg.model.base_width == 4 and "model.base_width" not in best.params
     assert cfg.trainer.max_epochs == 1 and cfg.optuna_trial is None
     folders = {
         n: (sweep_dir / f"trial_{n:04d}" / "metrics.json").stat().st_mtime_ns for n in range(6)
@@ -136,7 +136,7 @@ def test_trials_run_in_parallel_and_a_failed_one_does_not_stop_the_search(folder
         "search_space:{model.depth:[2,6]},seed:0}",
         "model.depth=choice(2,6)",
         "model.kernel_size=7",
-        "model.width=4",
+        "model.base_width=4",
         "optimizer.lr=0.05",
     )
     result = run_cli("src.train", *args)
@@ -216,11 +216,11 @@ def test_search_space_syntax():
         {
             "optimizer.lr": "tag(log, interval(0.001, 0.3))",
             "model.depth": "range(2, 7, 2)",
-            "model.width": "choice(16, 32)",
+            "model.base_width": "choice(16, 32)",
             "model.hidden": "choice([64], [128, 64])",
             "model.padding": "same",
         },
-        ["model.width=8", "seed=1,2", "+tag=x"],
+        ["model.base_width=8", "seed=1,2", "+tag=x"],
     )
     assert space == {
         "optimizer.lr": FloatDistribution(0.001, 0.3, log=True),
@@ -228,7 +228,7 @@ def test_search_space_syntax():
         "model.hidden": CategoricalDistribution(["[64]", "[128, 64]"]),
         "seed": CategoricalDistribution([1, 2]),
     }
-    assert fixed == ["model.padding=same", "model.width=8", "+tag=x"]  # the command line wins
+    assert fixed == ["model.padding=same", "model.base_width=8", "+tag=x"]  # the command line wins
     assert as_override("optimizer.lr", 0.1 + 0.2) == "optimizer.lr=0.30000000000000004"
     assert as_override("model.hidden", "[128, 64]") == "model.hidden=[128, 64]"
     assert as_override("model.batch_norm", True) == "model.batch_norm=true"

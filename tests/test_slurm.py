@@ -89,7 +89,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(slurm, folder_data, tmp
         "trainer.max_epochs=1",
         "model=convnet",
         "model.kernel_size=7",
-        "model.width=4",
+        "model.base_width=4",
         "model.depth=2,6",
     )
     result = run_cli("src.train", *args)
