@@ -1,4 +1,4 @@
-"""Reproduce the seed studies: run the affordable recipes, time the others, rewrite the table.
+"""Reproduce the seed studies: run the affordable recipes, time the others, rewrite the record.
 
     python -m src.reproduce [options] [Hydra overrides for every run]
     python -m src.reproduce data.source=folder data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg
@@ -7,10 +7,12 @@
 Every run is `python -m src.train experiment=<name> seed=<seed>` in a child process, started only
 while this process holds an exclusive lock on a file (`--lock`), one run per lock: on a shared
 machine, jobs that take the same lock take turns with ours. Finished runs go into
-results/reproduce.json (run again to resume: recorded runs are not repeated), and the table in
-README.md between the reproduce markers is rebuilt from that file alone, so every number in it
-was measured by a run listed there. Experiments too long for the machine get a short timing probe
-instead and an estimate of the time they need.
+results/reproduce.json (run again to resume: recorded runs are not repeated, and a run that was
+stopped continues from its last checkpoint). The rows are the studies' published figures
+(src/studies/rows.py). From that file alone the tool rebuilds docs/reproducing.md's table (with a
+verdict per published figure) and per-class table, the front page's headline and the figures
+(docs/reproduce_*.png), so every number there was measured by a run listed in it. Experiments too
+long for the machine get a short timing probe instead and an estimate of the time they need.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ import math
 import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,68 +40,23 @@ from omegaconf import DictConfig
 from src.data.loader import batches_per_fetch
 from src.errors import ConfigError, UserError
 from src.run import available_cores, write_json
+from src.studies import figures, tables
+from src.studies.rows import ROWS, Row
 
 log = logging.getLogger("reproduce")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "reproduce.json"
+DOC = ROOT / "docs" / "reproducing.md"
 README = ROOT / "README.md"
+FIGURES_DIR = ROOT / "docs"
 RUNS = ROOT / "outputs" / "reproduce"
 START, END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
+PER_CLASS = ("<!-- per-class:start -->", "<!-- per-class:end -->")
+HEADLINE = ("<!-- headline:start -->", "<!-- headline:end -->")
 DEFAULT_LOCK = "/tmp/cifar10-lab-cpu.lock"
-SEEDS = (0, 1, 2)
-SEEDS_2_EPOCHS = (0, 1, 2, 3, 4)  # rows of 2 epochs vary more from seed to seed
 TRAIN_IMAGES = 50_000  # CIFAR-10's training split (the official files and the JPEG copy alike)
 PROBE_BATCHES = 256  # timed batches of a probe (a whole number of fetches at batch 4 or 16)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One published result and how we reproduce it."""
-
-    experiment: str
-    study: str
-    published: str
-    overrides: tuple[str, ...] = ()  # on top of the experiment (e.g. a shortened run)
-    seeds: tuple[int, ...] = ()  # run by `make reproduce`; empty: too long here, probe only
-
-    @property
-    def key(self) -> str:
-        return " ".join((f"experiment={self.experiment}", *self.overrides))
-
-    @property
-    def slug(self) -> str:
-        """A folder name: the experiment, then its overrides (max_epochs=5 -> -max_epochs5)."""
-        extra = "".join("-" + o.rsplit(".", 1)[-1].replace("=", "") for o in self.overrides)
-        return self.experiment + extra
-
-
-ROWS = (
-    Row(
-        "seed000_tutorial",
-        "T: tutorial net (000 part 1, 001 base)",
-        "53 (000), 53.44 (001)",
-        seeds=SEEDS_2_EPOCHS,
-    ),
-    Row("seed000_width", "000 A: width sweep, width 30", "70.73", seeds=SEEDS),
-    Row("seed000_conv3", "000 B: three conv layers", "70.49", seeds=SEEDS),
-    Row("seed000_conv4", "000 C: four conv layers", "61.33", seeds=SEEDS),
-    Row("seed001_run1", "001 run 1: c1 = 16", "54.17", seeds=SEEDS_2_EPOCHS),
-    Row("seed001_run2", "001 run 2: c1 = 32", "56.63", seeds=SEEDS_2_EPOCHS),
-    Row("seed001_run3", "001 run 3: c1 = 128", "60.77", seeds=SEEDS_2_EPOCHS),
-    Row("seed002_model1", "002 model 1: net T", "63", seeds=SEEDS),
-    Row("seed002_model2", "002 model 2: cnn3", "72", seeds=SEEDS),
-    Row("seed002_model3", "002 model 3: vgg6", "82"),
-    Row("seed003_bn6", "003: bn6", "78"),
-    Row("seed004_lenet3", "004: lenet3 + augmentation", "75.80", seeds=SEEDS),
-    Row(
-        "seed004_lenet3",
-        "004: the first 5 of its 30 epochs",
-        "65.62 (after epoch 5)",
-        overrides=("trainer.max_epochs=5",),
-        seeds=SEEDS,
-    ),
-)
 
 
 # -- what a run is, and where its numbers go ---------------------------------------------------
@@ -185,9 +140,13 @@ def exclusive(lock: str | None) -> Iterator[None]:
 
 
 def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | None) -> dict:
-    """Train one run in a child process under the lock; returns its record for the results."""
+    """Train one run in a child process under the lock; returns its record for the results.
+
+    A run stopped earlier (killed, SIGTERM, Ctrl-C) continues from its last checkpoint."""
     run_dir = RUNS / row.slug / ("probe" if probe else f"seed{seed}")
-    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
+    resume = not probe and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
     cfg = recipe(row, overrides)
     per_fetch = batches_per_fetch(cfg.data.batch_size, cfg.data.fetch_size)
     # A probe times at least PROBE_BATCHES batches: whole training batches of Lightning's loop,
@@ -201,9 +160,10 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
         *args,
         "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
+        *(["resume=true"] if resume else []),
     ]
     with exclusive(lock):
-        log.info("running: python -m src.train %s", " ".join(args))
+        log.info("%s: python -m src.train %s", "resuming" if resume else "running", " ".join(args))
         done = subprocess.run(command, cwd=ROOT, check=False)
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
@@ -214,6 +174,7 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
         "kind": "probe" if probe else "run",
         "seed": seed,
         "test_acc": None if probe else round(metrics["test/acc"], 2),
+        "per_class": None if probe else metrics["test/acc_per_class"],
         "epochs": metrics["epochs"],
         "epoch_time_s": metrics["epoch_time_s"],
         "wall_time_s": metrics["wall_time_s"],
@@ -228,76 +189,40 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
     return record
 
 
-# -- the table ---------------------------------------------------------------------------------
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def ours(runs: list[dict]) -> str:
-    accs = [r["test_acc"] for r in sorted(runs, key=lambda r: r["seed"])]
-    if len(accs) == 1:
-        return f"{accs[0]:.2f} (1 seed)"
-    mean, sd = statistics.mean(accs), statistics.stdev(accs)
-    listed = ", ".join(f"{a:.2f}" for a in accs)
-    return f"**{mean:.2f} ± {sd:.2f}** ({len(accs)} seeds: {listed})"
-
-
-def table(results: list[dict], overrides: list[str]) -> str:
-    """The Markdown table: one line per row of ROWS, numbers only from `results`."""
-    lines = [
-        "| experiment | study | published % | ours: test % (mean ± sd over seeds) | data "
-        "| hardware | wall time per seed | command |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in ROWS:
-        runs = [r for r in results if r["row"] == row.key and r["kind"] == "run"]
-        probes = [r for r in results if r["row"] == row.key and r["kind"] == "probe"]
-        command = f"`python -m src.train {row.key}`"
-        if runs:
-            cells = [
-                ours(runs),
-                "; ".join(sorted({r["data"] for r in runs})),
-                "; ".join(sorted({r["hardware"] for r in runs})),
-                duration(statistics.mean(r["wall_time_s"] for r in runs)),
-            ]
-        elif probes:
-            probe = probes[-1]
-            cfg = recipe(row, overrides)
-            per_batch = probe["epoch_time_s"] / probe["probe_batches"]
-            cells = [
-                f"not yet run here: about {duration(estimate_s(row, probe, cfg))} per seed "
-                f"({cfg.trainer.max_epochs} epochs at {per_batch * 1000:.0f} ms per batch of "
-                f"{cfg.data.batch_size}, timed over {probe['probe_batches']} batches)",
-                "-",
-                probe["hardware"],
-                "-",
-            ]
-        else:
-            cells = ["not yet run here (not timed yet: run `make reproduce`)", "-", "-", "-"]
-        lines.append(
-            " | ".join(
-                ["", f"`{row.experiment}`", row.study, row.published, *cells, command, ""]
-            ).strip()
-        )
-    return "\n".join(lines)
-
-
-def write_readme(text: str, readme: Path = README) -> None:
-    content = readme.read_text()
-    if START not in content or END not in content:
-        raise ConfigError(f"{readme} has no '{START}' ... '{END}' markers to put the table between")
-    head, rest = content.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+def estimate(row: Row, probe: dict, overrides: list[str]) -> str:
+    """The table's text for a row that has only a timing probe."""
+    cfg = recipe(row, overrides)
+    per_batch = probe["epoch_time_s"] / probe["probe_batches"]
+    return (
+        f"not yet run here: about {tables.duration(estimate_s(row, probe, cfg))} per seed "
+        f"({cfg.trainer.max_epochs} epochs at {per_batch * 1000:.0f} ms per batch of "
+        f"{cfg.data.batch_size}, timed over {probe['probe_batches']} batches)"
+    )
 
 
 # -- the command line --------------------------------------------------------------------------
+
+
+def write_between(markers: tuple[str, str], text: str, path: Path) -> None:
+    """Replace what stands between the two marker lines of `path` with `text`."""
+    start, end = markers
+    content = path.read_text()
+    if start not in content or end not in content:
+        raise ConfigError(f"{path} has no '{start}' ... '{end}' markers to put the text between")
+    head, rest = content.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def write_record(results: list[dict], overrides: list[str], doc: Path, readme: Path) -> str:
+    """The table, the per-class table and the figures in `doc`'s folder, the headline in
+    `readme`; returns the table."""
+    text = tables.table(results, lambda row, probe: estimate(row, probe, overrides))
+    write_between((START, END), text, doc)
+    write_between(PER_CLASS, tables.per_class_table(results), doc)
+    write_between(HEADLINE, tables.headline(results), readme)
+    figures.draw_all(results, doc.parent)
+    return text
 
 
 def load_results(path: Path) -> list[dict]:
@@ -314,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (data, ...)")
     parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
-    parser.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the record, run nothing")
     parser.add_argument("--no-probes", action="store_true", help="skip the timing probes")
     parser.add_argument("--rerun", action="store_true", help="repeat runs already recorded")
     parser.add_argument(
@@ -323,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"lock file held during each run (default {DEFAULT_LOCK}; '' for none)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--doc", type=Path, default=DOC, help="the page with the tables")
+    parser.add_argument("--readme", type=Path, default=README, help="the page with the headline")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     known = {row.experiment for row in ROWS}
@@ -337,15 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         failed = 0
         if not args.table_only:
             failed = run_all(args, results)
-        text = table(results, args.overrides)
-        write_readme(text, args.readme)
+        text = write_record(results, args.overrides, args.doc, args.readme)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(text)
-    log.info(
-        "table written to %s (%d recorded runs in %s)", args.readme, len(results), args.results
-    )
+    log.info("record written to %s (%d recorded runs in %s)", args.doc, len(results), args.results)
     return 1 if failed else 0
 
 

@@ -25,7 +25,12 @@ from tests.test_sweeps import most_at_once, summary, sweep_args
 # Every depth and kernel size of hparams_search=optuna fits with padding=same; a narrow net (the
 # width fixed on the command line) keeps trials short; basic launcher: the trials run one after
 # another in the sweeper's process (no process start per trial).
-BASIC = ["hparams_search=optuna", "model.padding=same", "model.base_width=4", "hydra/launcher=basic"]
+BASIC = [
+    "hparams_search=optuna",
+    "model.padding=same",
+    "model.base_width=4",
+    "hydra/launcher=basic",
+]
 
 
 def load(sweep_dir: Path, name: str = "convnet") -> optuna.Study:

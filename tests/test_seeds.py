@@ -3,7 +3,6 @@ and the reproduction script builds its table only from recorded runs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -260,97 +259,6 @@ def test_cli_runs_an_experiment_by_name_and_prints_the_layers(folder_data, tmp_p
     assert "32 x 28 x 28" in result.stdout  # conv1 with the overridden width
     config = (tmp_path / "cli" / "config.yaml").read_text()
     assert "batch_size: 4" in config and "c1: 32" in config
-
-
-# -- the reproduction table --------------------------------------------------------------------
-
-
-def record(row: reproduce.Row, seed: int, acc: float | None, kind: str = "run", **extra) -> dict:
-    return {
-        "row": row.key,
-        "kind": kind,
-        "seed": seed,
-        "test_acc": acc,
-        "epochs": 2,
-        "epoch_time_s": 50.0,
-        "wall_time_s": 120.0,
-        "data": "JPEG copy (../shared/data), 5,000 test images",
-        "hardware": "2-core CPU (test), no GPU",
-        "date": "2025-01-01",
-        "command": f"python -m src.train {row.key} seed={seed}",
-        "run_dir": "outputs/reproduce/x",
-        **extra,
-    }
-
-
-def test_table_shows_mean_and_spread_of_recorded_runs_only(tmp_path):
-    tutorial = reproduce.ROWS[0]
-    bn6 = next(r for r in reproduce.ROWS if r.experiment == "seed003_bn6")
-    results = [
-        record(tutorial, 0, 54.0),
-        record(tutorial, 1, 55.0),
-        record(tutorial, 2, 56.0),
-        record(bn6, 0, None, kind="probe", epoch_time_s=100.0, probe_batches=200),
-    ]
-    text = reproduce.table(results, [])
-    lines = text.splitlines()
-    assert len(lines) == 2 + len(reproduce.ROWS)
-    tutorial_line = next(line for line in lines if line.startswith("| `seed000_tutorial`"))
-    assert "**55.00 ± 1.00** (3 seeds: 54.00, 55.00, 56.00)" in tutorial_line
-    assert "2.0 min" in tutorial_line and "2-core CPU (test), no GPU" in tutorial_line
-    bn6_line = next(line for line in lines if line.startswith("| `seed003_bn6`"))
-    # 0.5 s per batch x 3,125 batches of 16 x 50 epochs = 78,125 s
-    assert "not yet run here: about 21.7 h per seed" in bn6_line and "500 ms per batch" in bn6_line
-    others = [line for line in lines[2:] if line not in (tutorial_line, bn6_line)]
-    assert all("not yet run here (not timed yet" in line for line in others)
-    assert not any(char.isdigit() for line in others for char in line.split("|")[4])
-
-
-def test_readme_table_is_replaced_between_the_markers(tmp_path):
-    readme = tmp_path / "README.md"
-    start, end = reproduce.START, reproduce.END
-    readme.write_text(f"# title\n\n{start}\nold table\n{end}\n\n## next\n")
-    reproduce.write_readme("| new |", readme)
-    assert readme.read_text() == f"# title\n\n{start}\n| new |\n{end}\n\n## next\n"
-    readme.write_text("no markers")
-    with pytest.raises(reproduce.ConfigError, match="markers"):
-        reproduce.write_readme("| new |", readme)
-
-
-def test_reproduce_records_runs_and_resumes(folder_data, tmp_path, monkeypatch):
-    """The whole loop on tiny data: one shortened row, run, recorded, not repeated."""
-    row = reproduce.Row(
-        "seed004_lenet3", "004 (test)", "1", overrides=("trainer.max_epochs=1",), seeds=(0,)
-    )
-    monkeypatch.setattr(reproduce, "ROWS", (row,))
-    monkeypatch.setattr(reproduce, "RUNS", tmp_path / "runs")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{reproduce.START}\n{reproduce.END}\n")
-    results = tmp_path / "results.json"
-    args = [
-        "data.source=folder",
-        f"data.root={folder_data}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.batch_size=16",
-        "threads=1",
-        f"--results={results}",
-        f"--readme={readme}",
-        f"--lock={tmp_path / 'cpu.lock'}",
-    ]
-    assert reproduce.main(args) == 0
-    runs = json.loads(results.read_text())["runs"]
-    assert [(r["kind"], r["seed"]) for r in runs] == [("run", 0)]
-    metrics = json.loads((tmp_path / "runs" / row.slug / "seed0" / "metrics.json").read_text())
-    assert runs[0]["test_acc"] == round(metrics["test/acc"], 2)
-    assert f"{runs[0]['test_acc']:.2f} (1 seed)" in readme.read_text()
-    stamp = results.stat().st_mtime_ns
-    assert reproduce.main(args) == 0  # nothing left to run: the record is kept as it was
-    assert results.stat().st_mtime_ns == stamp
-
-
-def test_reproduce_rejects_an_unknown_experiment(capsys):
-    assert reproduce.main(["--only", "seed999", "--table-only"]) == 2
-    assert "unknown experiment(s) ['seed999']" in capsys.readouterr().err
 
 
 # -- on the real copy (skipped where ../shared is absent) --------------------------------------

@@ -1,0 +1,203 @@
+"""The published record beside ours: verdicts, tables, headline and figures come from recorded
+runs alone (a row without runs never shows a number of ours), and `python -m src.reproduce`
+records, resumes and never repeats runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from matplotlib.container import BarContainer
+
+from src import reproduce
+from src.errors import ConfigError
+from src.studies import figures, tables
+from src.studies.rows import CLASSES, ROWS, Row
+
+TUTORIAL = ROWS[0]
+BN6 = next(r for r in ROWS if r.experiment == "seed003_bn6")
+RUN1 = next(r for r in ROWS if r.experiment == "seed001_run1")  # two published runs
+WIDTH_30 = next(r for r in ROWS if r.point == ("seed000_width", 30))
+
+
+def record(row: Row, seed: int, acc: float | None, kind: str = "run", **extra) -> dict:
+    return {
+        "row": row.key,
+        "kind": kind,
+        "seed": seed,
+        "test_acc": acc,
+        "per_class": None,
+        "epochs": 2,
+        "epoch_time_s": 50.0,
+        "wall_time_s": 120.0,
+        "data": "JPEG copy (../shared/data), 5,000 test images",
+        "hardware": "2-core CPU (test), no GPU",
+        "date": "2025-01-01",
+        "command": f"python -m src.train {row.key} seed={seed}",
+        "run_dir": "outputs/reproduce/x",
+        **extra,
+    }
+
+
+def no_estimate(row, probe):
+    return f"not yet run here: probe of {probe['probe_batches']} batches"
+
+
+def cells(text: str, experiment: str, study: str) -> list[str]:
+    line = next(line for line in text.splitlines() if f"| `{experiment}` | {study} |" in line)
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_every_published_figure_of_the_studies_has_a_row():
+    widths = sorted(r.point[1] for r in ROWS if r.point and r.point[0] == "seed000_width")
+    assert widths == [30, 50, 70, 90, 110, 130, 150, 170]
+    assert len({r.key for r in ROWS}) == len(ROWS)  # each row its own runs
+    assert sum(len(r.published) for r in ROWS) == 24
+    assert all(len(r.per_class) in (0, len(CLASSES)) for r in ROWS)
+    two_epochs = {"seed000_tutorial", "seed001_run1", "seed001_run2", "seed001_run3"}
+    assert all(len(r.seeds) == 5 for r in ROWS if r.experiment in two_epochs)
+    assert all(len(r.seeds) >= 3 for r in ROWS if r.seeds)
+
+
+@pytest.mark.parametrize(
+    ("published", "accs", "said"),
+    [
+        (55.0, [54.0, 55.0, 56.0], "reproduced"),
+        (57.0, [54.0, 55.0, 56.0], "reproduced"),  # exactly mean + 2 sd
+        (57.1, [54.0, 55.0, 56.0], "differs by -2.10"),
+        (56.4, [55.0, 55.1, 54.9], "reproduced"),  # 2 sd is 0.2: the 1.5-point floor holds
+        (53.4, [55.0, 55.1, 54.9], "differs by +1.60"),
+        (55.0, [55.0], "one seed: no verdict yet"),
+    ],
+)
+def test_verdict(published, accs, said):
+    assert tables.verdict(published, accs) == said
+
+
+def test_a_row_without_runs_never_shows_a_number_of_ours():
+    results = [
+        record(TUTORIAL, 0, 54.0),
+        record(TUTORIAL, 1, 55.0),
+        record(BN6, 0, None, kind="probe", probe_batches=256),
+    ]
+    text = tables.table(results, no_estimate)
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(ROWS)
+    for line in rows:
+        cell = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `seed000_tutorial`"):
+            assert cell[3] == "**54.50 ± 0.71** (2 seeds: 54.00, 55.00)"
+            continue
+        # ours, verdict, data, wall time: no digit anywhere but the probe's own description
+        assert not re.search(r"\d", cell[4] + cell[5] + cell[7]), line
+        if "bn6" in line:
+            assert cell[3] == "not yet run here: probe of 256 batches"
+        else:
+            assert cell[3].startswith("not yet run here (not timed yet")
+    assert "Of the studies' 24 published figures, 2 have been rerun" in tables.headline(results)
+    assert tables.headline([]).startswith("Of the studies' 24 published figures, 0 have")
+
+
+def test_verdicts_per_published_run_with_their_notes():
+    results = [record(RUN1, seed, acc) for seed, acc in enumerate([57.56, 60.24, 58.62])]
+    results += [record(WIDTH_30, seed, acc) for seed, acc in enumerate([67.6, 67.1, 68.96])]
+    text = tables.table(results, no_estimate)
+    run1 = cells(text, "seed001_run1", RUN1.study)[4]
+    assert run1 == "run 1: differs by +4.64 (note 1); run 4: reproduced"
+    assert cells(text, "seed000_width", WIDTH_30.study)[4] == (
+        "differs by -2.84: not explained yet"
+    )
+    assert "\n1. the study ran this network more than once" in text
+    headline = tables.headline(results)
+    assert "3 have been rerun here over several seeds, and 1 of those are reproduced" in headline
+    assert "- 001 runs 1 and 4: c1 = 16, run 1: +4.64" in headline
+
+
+def test_per_class_table_and_figures(tmp_path):
+    per_class = [dict.fromkeys(CLASSES, 50.0), dict.fromkeys(CLASSES, 60.0)]
+    results = [record(BN6, s, 55.0, per_class=pc) for s, pc in enumerate(per_class)]
+    results.append(record(TUTORIAL, 0, 54.0))  # recorded before per-class accuracies were kept
+    text = tables.per_class_table(results)
+    cat = next(line for line in text.splitlines() if line.startswith("| cat |"))
+    # tutorial (published, ours), bn6 (published, ours), lenet3 (published, ours)
+    assert [c.strip() for c in cat.strip("|").split("|")][1:] == [
+        "26.1",
+        tables.NO_PER_CLASS,
+        "63.0",
+        "55.0 ± 7.1",
+        "62.1",
+        tables.NO_PER_CLASS,
+    ]
+    paths = figures.draw_all(results, tmp_path)
+    assert sorted(p.name for p in paths) == [
+        "reproduce_per_class.png",
+        "reproduce_seed000_width.png",
+        "reproduce_seed001_c1.png",
+    ]
+    # No runs of the widths: only the published bars are drawn.
+    ax = figures.width_figure("seed000_width", results).axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [len(b) for b in bars] == [8, 0]
+
+
+def test_text_is_replaced_between_the_markers(tmp_path):
+    page = tmp_path / "page.md"
+    start, end = reproduce.START, reproduce.END
+    page.write_text(f"# title\n\n{start}\nold table\n{end}\n\n## next\n")
+    reproduce.write_between((start, end), "| new |", page)
+    assert page.read_text() == f"# title\n\n{start}\n| new |\n{end}\n\n## next\n"
+    page.write_text("no markers")
+    with pytest.raises(ConfigError, match="markers"):
+        reproduce.write_between((start, end), "| new |", page)
+
+
+def test_reproduce_records_resumes_and_never_repeats(folder_data, tmp_path, monkeypatch):
+    """The whole loop on tiny data: one shortened row, run, recorded, not repeated; a run found
+    stopped (its last.ckpt there, no record) continues instead of starting again."""
+    row = Row(
+        "seed004_lenet3", "004 (test)", (("004", 1.0),), ("trainer.max_epochs=1",), seeds=(0,)
+    )
+    monkeypatch.setattr(reproduce, "ROWS", (row,))
+    monkeypatch.setattr(tables, "ROWS", (row,))
+    monkeypatch.setattr(figures, "ROWS", (row,))
+    monkeypatch.setattr(reproduce, "RUNS", tmp_path / "runs")
+    doc, readme = tmp_path / "reproducing.md", tmp_path / "README.md"
+    doc.write_text("\n".join([*reproduce.PER_CLASS, reproduce.START, reproduce.END]) + "\n")
+    readme.write_text("\n".join(reproduce.HEADLINE) + "\n")
+    results = tmp_path / "results.json"
+    args = [
+        "data.source=folder",
+        f"data.root={folder_data}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.batch_size=16",
+        "threads=1",
+        f"--results={results}",
+        f"--doc={doc}",
+        f"--readme={readme}",
+        f"--lock={tmp_path / 'cpu.lock'}",
+    ]
+    assert reproduce.main(args) == 0
+    runs = json.loads(results.read_text())["runs"]
+    assert [(r["kind"], r["seed"]) for r in runs] == [("run", 0)]
+    run_dir = tmp_path / "runs" / row.slug / "seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert runs[0]["test_acc"] == round(metrics["test/acc"], 2)
+    assert runs[0]["per_class"] == metrics["test/acc_per_class"]
+    assert f"{runs[0]['test_acc']:.2f} (1 seed)" in doc.read_text()
+    assert (tmp_path / "reproduce_seed000_width.png").is_file()
+    stamp = results.stat().st_mtime_ns
+    assert reproduce.main(args) == 0  # nothing left to run: the record is kept as it was
+    assert results.stat().st_mtime_ns == stamp
+
+    results.write_text('{"runs": []}')  # as if the process had died before recording
+    assert reproduce.main(args) == 0
+    again = json.loads(results.read_text())["runs"]
+    assert again[0]["test_acc"] == runs[0]["test_acc"]  # the same weights, continued
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["resumed_from"].endswith("last.ckpt")
+
+
+def test_reproduce_rejects_an_unknown_experiment(capsys):
+    assert reproduce.main(["--only", "seed999", "--table-only"]) == 2
+    assert "unknown experiment(s) ['seed999']" in capsys.readouterr().err
