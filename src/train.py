@@ -85,7 +85,6 @@ def build_model(cfg: DictConfig, dm: CIFAR10DataModule) -> Classifier:
         std=dm.std,
         label_smoothing=cfg.label_smoothing,
         channels_last=cfg.channels_last,
-        batch_size=cfg.data.batch_size,
         net_config=OmegaConf.to_container(cfg.model.net, resolve=True),
     )
 
