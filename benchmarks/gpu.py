@@ -31,7 +31,7 @@ def gpu_rates(
                         f"data.batch_size={batch}",
                         "trainer.accelerator=gpu",
                         f"trainer.precision={precision}",
-                        f"channels_last={str(channels_last).lower()}",
+                        f"model.channels_last={str(channels_last).lower()}",
                         "data.on_device=true",
                     ],
                     warmup,

@@ -192,7 +192,7 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
 
     e = Step(
         "e",
-        "each precision trains; vgg6 with compile=true channels_last=true, recompiles counted",
+        "each precision trains; vgg6 with model.compile, model.channels_last; recompiles counted",
         [
             *(
                 train(
@@ -203,8 +203,8 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
             train(
                 *short,
                 "model=vgg6",
-                "compile=true",
-                "channels_last=true",
+                "model.compile=true",
+                "model.channels_last=true",
                 "++trainer.max_steps=200",
                 run_dir("e_vgg6_compiled"),
             ),

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -263,8 +264,21 @@ def entry_point(main: Callable[[], Any]) -> Callable[[], Any]:
     return wrapper
 
 
+# Keys that moved, for the one line that refuses the old name.
+MOVED_KEYS = {
+    "label_smoothing": "model.label_smoothing",
+    "channels_last": "model.channels_last",
+    "compile": "model.compile",
+}
+
+
 def config_error_line(err: Exception) -> str:
-    """Hydra's config error as one line; an unknown option lists the valid ones."""
+    """Hydra's config error as one line; an unknown option lists the valid ones, a moved key
+    names its new place."""
+    moved = re.search(r"Could not override '([\w.]+)'", str(err))
+    if moved and moved.group(1) in MOVED_KEYS:
+        old, new = moved.group(1), MOVED_KEYS[moved.group(1)]
+        return f"{old} is now {new}: write {new}=<value>"
     if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or ""):
         group, name = err.missing_cfg_file.rsplit("/", 1)
         choices = f"choose one of {', '.join(err.options)}" if err.options else "there are none"

@@ -75,6 +75,9 @@ def final_weights_rule(cfg: DictConfig) -> dict:
 
 
 def build_model(cfg: DictConfig, dm: CIFAR10DataModule) -> Classifier:
+    """What trains, from config in one place: the network (model.net) in the Classifier with the
+    model's training knobs (model.label_smoothing, model.channels_last), the optimizer and the
+    scheduler. How many images one step takes is the data module's (its fetch plan)."""
     net = instantiate(cfg.model.net, num_classes=dm.num_classes)
     return Classifier(
         net=net,
@@ -83,8 +86,8 @@ def build_model(cfg: DictConfig, dm: CIFAR10DataModule) -> Classifier:
         class_names=dm.classes,
         mean=dm.mean,
         std=dm.std,
-        label_smoothing=cfg.label_smoothing,
-        channels_last=cfg.channels_last,
+        label_smoothing=cfg.model.label_smoothing,
+        channels_last=cfg.model.channels_last,
         net_config=OmegaConf.to_container(cfg.model.net, resolve=True),
     )
 
@@ -126,7 +129,7 @@ def train(cfg: DictConfig) -> dict:
         if is_main_process():
             print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
         # After the summary, whose forward pass on the CPU would otherwise be compiled too.
-        if cfg.compile:
+        if cfg.model.compile:
             model.net.compile()
         trainer = build_trainer(cfg, **no_validation)
         check_ddp_launch(trainer)
