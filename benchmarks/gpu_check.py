@@ -321,7 +321,7 @@ def run_step(step: Step, timeout_s: float) -> dict:
 
 def write_results(out: Path, header: dict, results: list[dict]) -> None:
     """check.json (everything) and check.md (a table and each step's figures)."""
-    from src.run import write_json, write_text
+    from src.files import write_json, write_text
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "check.json", {**header, "steps": results})

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from benchmarks.common import compose_train, load_data
 from src.data import CIFAR10DataModule
 from src.data.fetching import Fetching
-from src.data.loader import EpochShuffle, TensorBatchLoader
+from src.data.loader import EpochShuffle, TensorBatchLoader, pixels_to_float
 from src.run import set_threads
 from src.train import build_model, build_trainer
 
@@ -91,7 +91,7 @@ def plain_steps(
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         for images, labels in loader:
-            x = (images.float().div_(255) - mean_t) / std_t
+            x = (pixels_to_float(images) - mean_t) / std_t
             loss = F.cross_entropy(net(x), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -183,7 +183,7 @@ def evaluate(net: nn.Module, images: Tensor, labels: Tensor, mean, std, batch: i
     correct = 0
     with torch.no_grad():
         for start in range(0, len(labels), batch):
-            x = images[start : start + batch].permute(0, 3, 1, 2).float().div_(255)
+            x = pixels_to_float(images[start : start + batch], hwc=True)
             logits = net((x - mean_t) / std_t)
             correct += int((logits.argmax(1) == labels[start : start + batch]).sum())
     net.train(was_training)

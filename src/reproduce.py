@@ -38,7 +38,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from src.errors import ConfigError, UserError
-from src.run import available_cores, write_json
+from src.files import write_json
+from src.run import available_cores
 
 log = logging.getLogger("reproduce")
 

@@ -22,6 +22,7 @@ from src.data import CIFAR10DataModule
 from src.devices import tune_backends
 from src.distributed import check_ddp_launch, check_devices
 from src.errors import ConfigError
+from src.files import write_text
 from src.models import Classifier
 from src.models.convnet import count_parameters, layer_summary
 from src.recovery import (
@@ -38,7 +39,6 @@ from src.run import (
     is_main_process,
     set_threads,
     will_restore_run_folder,
-    write_text,
 )
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from torch import Tensor
 from src.data.augment import Draws, get_augment, step_seed
 from src.data.cache import CachedData, load_or_build
 from src.data.fetching import Fetching, count_in_fetches, user_counters
-from src.data.loader import EpochShuffle, TensorBatchLoader
+from src.data.loader import EpochShuffle, TensorBatchLoader, pixels_to_float
 from src.data.sources import check_folder, folder_fingerprint, read_folder, read_official
 from src.errors import ConfigError
 
@@ -224,7 +224,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 -> float in [0, 1] on the training device; augment training batches only."""
         images, labels = batch
-        images = images.float().div_(255)
+        images = pixels_to_float(images)
         if self.augment_fn is not None and self.trainer is not None and self.trainer.training:
             images = self.augment_fn(images, self._draws(len(images), images.device))
         return images, labels

@@ -10,6 +10,19 @@ from torch import Tensor
 from src.data.fetching import Fetching
 
 
+def pixels_to_float(images: Tensor, hwc: bool = False) -> Tensor:
+    """uint8 images -> float32 in [0, 1], channels first: what the Classifier takes (it
+    normalises them itself). hwc: `images` are N x H x W x 3, as cached and as read from files."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    return (images.permute(0, 3, 1, 2) if hwc else images).float().div_(255)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's random numbers (its data order; dropout's, see EpochSeed)."""
+    return seed * 1_000_003 + epoch
+
+
 class EpochShuffle:
     """Index order for one epoch: a permutation seeded by (seed, epoch), sharded across ranks.
 
@@ -30,7 +43,7 @@ class EpochShuffle:
     def order(self) -> Tensor:
         indices = self.indices
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             indices = indices[torch.randperm(len(indices), generator=generator)]
         # Every rank gets the same number of indices, or DDP ranks would wait on each other.
         per_rank = len(indices) // self.world_size
