@@ -47,7 +47,8 @@ from benchmarks.loops import (
 from benchmarks.report import markdown, targets
 from src.data import CIFAR10DataModule
 from src.errors import ConfigError, UserError
-from src.run import set_threads, write_json
+from src.files import write_json
+from src.run import set_threads
 
 log = logging.getLogger("benchmarks")
 

@@ -142,7 +142,7 @@ def lab_time_to_accuracy(
     model = build_model(cfg, dm)
     clock = TrainClock()
     stop = EarlyStopping("val/acc", mode="max", stopping_threshold=target, patience=10**9)
-    batches = len(dm.train_dataloader())  # Lightning's training batches (fetches) per epoch
+    batches = dm.fetching.batches  # training batches (optimizer steps) per epoch
     trainer = build_trainer(
         cfg,
         [clock, stop],

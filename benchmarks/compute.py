@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from benchmarks.loops import memory_loader
 from src.data import CIFAR10DataModule
 from src.data.augment import PRESETS
+from src.data.loader import pixels_to_float
 
 
 def matmul_peak(size: int, rounds: int = 5, min_seconds: float = 0.5) -> float:
@@ -65,7 +66,7 @@ def pipeline_rate(
     Runs for about `seconds` (at most one epoch)."""
     done, start = 0, time.perf_counter()
     for images, _labels in memory_loader(dm, batch_size):
-        x = images.float().div_(255)
+        x = pixels_to_float(images)
         if augment is not None:
             x = augment(x)
         done += 1

@@ -31,7 +31,7 @@ def gpu_rates(
                         f"data.batch_size={batch}",
                         "trainer.accelerator=gpu",
                         f"trainer.precision={precision}",
-                        f"channels_last={str(channels_last).lower()}",
+                        f"model.channels_last={str(channels_last).lower()}",
                         "data.on_device=true",
                     ],
                     warmup,
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
-    from src.run import write_json
+    from src.files import write_json
 
     parser = argparse.ArgumentParser(description="images/s of every preset and of GPU sweeps")
     parser.add_argument("--data", type=Path, required=True)

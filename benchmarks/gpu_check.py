@@ -192,7 +192,7 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
 
     e = Step(
         "e",
-        "each precision trains; vgg6 with compile=true channels_last=true, recompiles counted",
+        "each precision trains; vgg6 with model.compile, model.channels_last; recompiles counted",
         [
             *(
                 train(
@@ -203,8 +203,8 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
             train(
                 *short,
                 "model=vgg6",
-                "compile=true",
-                "channels_last=true",
+                "model.compile=true",
+                "model.channels_last=true",
                 "++trainer.max_steps=200",
                 run_dir("e_vgg6_compiled"),
             ),
@@ -321,7 +321,7 @@ def run_step(step: Step, timeout_s: float) -> dict:
 
 def write_results(out: Path, header: dict, results: list[dict]) -> None:
     """check.json (everything) and check.md (a table and each step's figures)."""
-    from src.run import write_json, write_text
+    from src.files import write_json, write_text
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "check.json", {**header, "steps": results})

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import compose_train, load_data
 from src.data import CIFAR10DataModule
-from src.data.loader import EpochShuffle, TensorBatchLoader
+from src.data.fetching import Fetching
+from src.data.loader import EpochShuffle, TensorBatchLoader, pixels_to_float
 from src.run import set_threads
 from src.train import build_model, build_trainer
 
@@ -71,7 +72,8 @@ def seeds_steps(net: nn.Module, loader: DataLoader, epochs: int = 1) -> Iterator
 def memory_loader(dm: CIFAR10DataModule, batch_size: int, seed: int = 0) -> TensorBatchLoader:
     """cifar10-lab's training batches: uint8 views indexed from the whole-split tensors."""
     sampler = EpochShuffle(dm.train_idx, shuffle=True, seed=seed)
-    return TensorBatchLoader(dm.train_images, dm.train_labels, sampler, batch_size)
+    fetching = Fetching.plan(len(sampler), batch_size)  # a batch at a time
+    return TensorBatchLoader(dm.train_images, dm.train_labels, sampler, fetching)
 
 
 def plain_steps(
@@ -89,7 +91,7 @@ def plain_steps(
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         for images, labels in loader:
-            x = (images.float().div_(255) - mean_t) / std_t
+            x = (pixels_to_float(images) - mean_t) / std_t
             loss = F.cross_entropy(net(x), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -98,13 +100,15 @@ def plain_steps(
 
 
 class BatchClock(L.Callback):
-    """Seconds per optimizer step after the first `warmup` training batches (to the epoch's last
-    batch), by `clock` (wall time; time.process_time for the process's CPU time, all threads).
+    """Seconds per optimizer step after the first `warmup` optimizer steps (to the epoch's last
+    training batch), by `clock` (wall time; time.process_time for the process's CPU time, all
+    threads).
 
-    A training batch of Lightning's loop may hold several optimizer steps (data.fetch_size), so
-    steps are counted by trainer.global_step. The clock is read at two batch ends only; on a GPU
-    it waits for the device there, so the batches between keep overlapping host and device work
-    as in a real run.
+    A training batch of Lightning's loop may hold several optimizer steps (a fetch, see
+    src.data.fetching), so steps are counted by trainer.global_step, and the clock starts at the
+    end of the fetch that completes the warmup. It is read at two batch ends only; on a GPU it
+    waits for the device there, so the batches between keep overlapping host and device work as
+    in a real run.
     """
 
     def __init__(self, warmup: int, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -114,12 +118,13 @@ class BatchClock(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         last = batch_idx + 1 == trainer.num_training_batches
-        if batch_idx + 1 != self.warmup and not last:
+        starts = self.start is None and trainer.global_step >= self.warmup and not last
+        if not starts and not last:
             return
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         now = self.clock()
-        if batch_idx + 1 == self.warmup:
+        if starts:
             self.start = (now, trainer.global_step)
         elif self.start is not None:
             self.per_step = (now - self.start[0]) / (trainer.global_step - self.start[1])
@@ -135,8 +140,8 @@ def lab_step_time(
     """Seconds per optimizer step of `python -m src.train <overrides>` (cifar10-lab itself).
 
     The run is the user's run (its config, callbacks, logger and progress bar), cut to at
-    least warmup + timed steps (whole training batches of Lightning's loop); validation and
-    checkpoints fall outside the timed steps, so they are switched off.
+    least warmup + timed steps, in whole fetches for each; validation and checkpoints fall
+    outside the timed steps, so they are switched off.
     """
     cfg = compose_train(
         [
@@ -151,13 +156,16 @@ def lab_step_time(
     set_threads(cfg.threads)
     dm = load_data(cfg)
     model = build_model(cfg, dm)
-    per_fetch = dm.per_fetch
-    warmup_fetches, timed_fetches = -(-warmup // per_fetch), -(-timed // per_fetch)
-    clock = BatchClock(warmup_fetches, clock)
+    per_fetch = dm.fetching.per_fetch
+
+    def whole(steps: int) -> int:  # rounded up to whole fetches
+        return -(-steps // per_fetch) * per_fetch
+
+    clock = BatchClock(whole(warmup), clock)
     trainer = build_trainer(
         cfg,
         [clock],
-        limit_train_batches=warmup_fetches + timed_fetches,
+        limit_train_batches=whole(warmup) + whole(timed),  # batches, as in Lightning
         limit_val_batches=0,
         enable_checkpointing=False,
     )
@@ -175,7 +183,7 @@ def evaluate(net: nn.Module, images: Tensor, labels: Tensor, mean, std, batch: i
     correct = 0
     with torch.no_grad():
         for start in range(0, len(labels), batch):
-            x = images[start : start + batch].permute(0, 3, 1, 2).float().div_(255)
+            x = pixels_to_float(images[start : start + batch], hwc=True)
             logits = net((x - mean_t) / std_t)
             correct += int((logits.argmax(1) == labels[start : start + batch]).sum())
     net.train(was_training)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.accuracy import seeds_time_to_accuracy
 from src.errors import UserError
-from src.run import write_json
+from src.files import write_json
 
 log = logging.getLogger("seeds_loop")
 

@@ -12,6 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Checkpoint, RichProgressBar
 
+from src.data.loader import epoch_seed
 from src.errors import ConfigError
 from src.run import to_log_file
 
@@ -40,7 +41,8 @@ class EpochSeed(L.Callback):
         self._trainer = trainer
 
     def epoch_seed(self, epoch: int, rank: int) -> int:
-        return self.seed * 1_000_003 + epoch + 1 + rank * self.RANK_STRIDE
+        # epoch + 1: a stream apart from the epoch's data order (EpochShuffle's)
+        return epoch_seed(self.seed, epoch + 1) + rank * self.RANK_STRIDE
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.manual_seed(self.epoch_seed(trainer.current_epoch, trainer.global_rank))

@@ -46,9 +46,9 @@ def load_classifier(path: str | Path, net_config: dict | None = None) -> Classif
     hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
     config = net_config or hparams["net_config"]
     net = instantiate(config, num_classes=len(hparams["class_names"]))
-    model = Classifier(
-        net, **{k: v for k, v in hparams.items() if k != "net_config"}, net_config=config
-    )
+    # Checkpoints from before the data module's fetch plan also stored batch_size.
+    kept = {k: v for k, v in hparams.items() if k not in ("net_config", "batch_size")}
+    model = Classifier(net, **kept, net_config=config)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

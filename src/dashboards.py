@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
+from src.data.loader import pixels_to_float
 from src.models.convnet import count_parameters
 from src.overrides import parse_overrides
 from src.plots import confusion_figure, figure_pixels, prediction_grid_figure, spread
@@ -121,7 +122,7 @@ class ImageDashboards(L.Callback):
         pick = spread(len(data.test_labels), self.n_images)
         images, labels = data.test_images[pick], data.test_labels[pick]  # uint8 N x H x W x 3
         with torch.inference_mode():
-            inputs = images.to(pl_module.device).permute(0, 3, 1, 2).float().div(255)
+            inputs = pixels_to_float(images.to(pl_module.device), hwc=True)
             preds = pl_module(inputs).argmax(1)
         figure = prediction_grid_figure(
             images.cpu().numpy(), pl_module.class_names, preds.tolist(), labels.tolist()

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.checkpoint import load_classifier
 from src.console import print_results
+from src.data.loader import pixels_to_float
 from src.distributed import check_devices
 from src.errors import DataError
 from src.models import Classifier
@@ -52,7 +53,7 @@ def save_confusion_tables(
 @torch.inference_mode()
 def save_prediction_grid(out_dir: Path, model: Classifier, images: torch.Tensor, labels) -> None:
     """predictions.png: test images (uint8 N x H x W x 3) titled "predicted (true)"."""
-    preds = model(images.permute(0, 3, 1, 2).float().div(255)).argmax(1)
+    preds = model(pixels_to_float(images, hwc=True)).argmax(1)
     figure = prediction_grid_figure(
         images.numpy(), model.class_names, preds.tolist(), labels.tolist()
     )

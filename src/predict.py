@@ -29,6 +29,7 @@ from rich.table import Table
 
 from src.checkpoint import load_classifier
 from src.console import show
+from src.data.loader import pixels_to_float
 from src.data.sources import IMAGE_SUFFIXES, load_image
 from src.errors import ConfigError, DataError
 from src.models import Classifier
@@ -140,7 +141,7 @@ def classify(
         if not readable:
             continue
         images = torch.from_numpy(np.stack([item.pixels for item in readable])).to(device)
-        probs = model(images.permute(0, 3, 1, 2).float().div(255)).float().softmax(1)
+        probs = model(pixels_to_float(images, hwc=True)).float().softmax(1)
         values, indices = probs.topk(top_k, dim=1)
         for item, vals, idxs in zip(readable, values.tolist(), indices.tolist(), strict=True):
             item.top = [(model.class_names[i], p) for i, p in zip(idxs, vals, strict=True)]

@@ -34,7 +34,8 @@ from src.errors import (
     TrainingDiverged,
     UserError,
 )
-from src.run import RunRecord, atomic_write, find_user_error
+from src.files import atomic_write
+from src.run import RunRecord, find_user_error
 
 log = logging.getLogger(__name__)
 

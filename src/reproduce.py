@@ -37,9 +37,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from src.data.loader import batches_per_fetch
 from src.errors import ConfigError, UserError
-from src.run import available_cores, write_json
+from src.files import write_json
+from src.run import available_cores
 from src.studies import figures, tables
 from src.studies.rows import ROWS, Row
 
@@ -56,7 +56,7 @@ PER_CLASS = ("<!-- per-class:start -->", "<!-- per-class:end -->")
 HEADLINE = ("<!-- headline:start -->", "<!-- headline:end -->")
 DEFAULT_LOCK = "/tmp/cifar10-lab-cpu.lock"
 TRAIN_IMAGES = 50_000  # CIFAR-10's training split (the official files and the JPEG copy alike)
-PROBE_BATCHES = 256  # timed batches of a probe (a whole number of fetches at batch 4 or 16)
+PROBE_BATCHES = 256  # timed batches (optimizer steps) of a probe
 
 
 # -- what a run is, and where its numbers go ---------------------------------------------------
@@ -101,14 +101,14 @@ def describe_hardware(cfg: DictConfig) -> str:
     return f"{cores}-core CPU ({cpu}), no GPU"
 
 
-def train_args(row: Row, seed: int, probe_fetches: int | None = None) -> list[str]:
+def train_args(row: Row, seed: int, probe: bool = False) -> list[str]:
     """The overrides of one run (without the user's data overrides); a timing probe of
-    `probe_fetches` training batches of Lightning's loop if given."""
+    PROBE_BATCHES training batches if `probe`."""
     args = [f"experiment={row.experiment}", *row.overrides, f"seed={seed}"]
-    if probe_fetches:  # skip validation and most of the test
+    if probe:  # skip validation and most of the test
         args += [
             "trainer.max_epochs=1",
-            f"++trainer.limit_train_batches={probe_fetches}",
+            f"++trainer.limit_train_batches={PROBE_BATCHES}",
             "++trainer.limit_test_batches=1",
             "data.val_size=0",
             "data.val_from=train",
@@ -148,11 +148,7 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
     cfg = recipe(row, overrides)
-    per_fetch = batches_per_fetch(cfg.data.batch_size, cfg.data.fetch_size)
-    # A probe times at least PROBE_BATCHES batches: whole training batches of Lightning's loop,
-    # each a fetch of per_fetch batches.
-    fetches = -(-PROBE_BATCHES // per_fetch) if probe else None
-    args = [*train_args(row, seed, fetches), *overrides]
+    args = [*train_args(row, seed, probe), *overrides]
     command = [
         sys.executable,
         "-m",
@@ -185,7 +181,7 @@ def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | 
         "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
     }
     if probe:
-        record["probe_batches"] = fetches * per_fetch
+        record["probe_batches"] = PROBE_BATCHES
     return record
 
 

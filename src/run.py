@@ -5,17 +5,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import json
 import logging
 import os
-import secrets
+import re
 import shutil
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -29,6 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import OutputError, UserError
+from src.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -82,41 +81,6 @@ def keep_freed_memory() -> None:
     mallopt(m_mmap_threshold, 32 << 20)  # the largest glibc accepts: larger blocks are mapped
     mallopt(m_trim_threshold, 1 << 30)  # the heap's free top is returned only beyond 1 GiB
     mallopt(m_top_pad, 64 << 20)  # and grows 64 MiB at a time
-
-
-@contextmanager
-def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
-    """Write `path` through a file beside it that replaces it, flushed to disk, when the block
-    ends: readers see the old file or the new one, never half of one. On an error the old file
-    stays and the temporary one is removed; a kill can leave only a hidden `.<name>.*.tmp`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    # os.open rather than mkstemp: the file gets the usual permissions (mkstemp's are 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, mode) as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a file atomically (see atomic_write); OutputError when it cannot be written."""
-    try:
-        with atomic_write(path) as file:
-            file.write(text)
-    except OSError as err:
-        raise OutputError.cannot_write(path, err) from err
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (see write_text)."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def is_main_process() -> bool:
@@ -263,8 +227,21 @@ def entry_point(main: Callable[[], Any]) -> Callable[[], Any]:
     return wrapper
 
 
+# Keys that moved, for the one line that refuses the old name.
+MOVED_KEYS = {
+    "label_smoothing": "model.label_smoothing",
+    "channels_last": "model.channels_last",
+    "compile": "model.compile",
+}
+
+
 def config_error_line(err: Exception) -> str:
-    """Hydra's config error as one line; an unknown option lists the valid ones."""
+    """Hydra's config error as one line; an unknown option lists the valid ones, a moved key
+    names its new place."""
+    moved = re.search(r"Could not override '([\w.]+)'", str(err))
+    if moved and moved.group(1) in MOVED_KEYS:
+        old, new = moved.group(1), MOVED_KEYS[moved.group(1)]
+        return f"{old} is now {new}: write {new}=<value>"
     if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or ""):
         group, name = err.missing_cfg_file.rsplit("/", 1)
         choices = f"choose one of {', '.join(err.options)}" if err.options else "there are none"

@@ -23,6 +23,7 @@ from src.data import CIFAR10DataModule
 from src.devices import tune_backends
 from src.distributed import check_ddp_launch, check_devices
 from src.errors import ConfigError
+from src.files import write_text
 from src.models import Classifier
 from src.models.convnet import count_parameters, layer_summary
 from src.recovery import (
@@ -39,7 +40,6 @@ from src.run import (
     is_main_process,
     set_threads,
     will_restore_run_folder,
-    write_text,
 )
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ def final_weights_rule(cfg: DictConfig) -> dict:
 
 
 def build_model(cfg: DictConfig, dm: CIFAR10DataModule) -> Classifier:
+    """What trains, from config in one place: the network (model.net) in the Classifier with the
+    model's training knobs (model.label_smoothing, model.channels_last), the optimizer and the
+    scheduler. How many images one step takes is the data module's (its fetch plan)."""
     net = instantiate(cfg.model.net, num_classes=dm.num_classes)
     return Classifier(
         net=net,
@@ -84,9 +87,8 @@ def build_model(cfg: DictConfig, dm: CIFAR10DataModule) -> Classifier:
         class_names=dm.classes,
         mean=dm.mean,
         std=dm.std,
-        label_smoothing=cfg.label_smoothing,
-        channels_last=cfg.channels_last,
-        batch_size=cfg.data.batch_size,
+        label_smoothing=cfg.model.label_smoothing,
+        channels_last=cfg.model.channels_last,
         net_config=OmegaConf.to_container(cfg.model.net, resolve=True),
     )
 
@@ -132,7 +134,7 @@ def train(cfg: DictConfig) -> dict:
         if is_main_process():
             print_layer_summary(cfg.model.name, layer_summary(model.net, (3, 32, 32)), params)
         # After the summary, whose forward pass on the CPU would otherwise be compiled too.
-        if cfg.compile:
+        if cfg.model.compile:
             model.net.compile()
         trainer = build_trainer(cfg, **no_validation)
         check_ddp_launch(trainer)

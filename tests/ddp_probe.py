@@ -75,7 +75,6 @@ def main(data_root: str, out_dir: str) -> None:
         net=net,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.05),
         class_names=dm.classes,
-        batch_size=BATCH,
     )
     recorder = Recorder()
     trainer = L.Trainer(

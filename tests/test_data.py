@@ -15,6 +15,7 @@ import torch
 
 from src.data import CIFAR10DataModule
 from src.data.augment import PRESETS, get_augment
+from src.data.fetching import BatchCounters, Fetching
 from src.data.loader import EpochShuffle, TensorBatchLoader
 from src.errors import ConfigError, DataError
 
@@ -161,23 +162,41 @@ def test_fetches_of_several_batches_hold_the_same_batches_in_order(drop_last):
 
     def loader(per_fetch: int) -> TensorBatchLoader:
         sampler = EpochShuffle(torch.arange(20), shuffle=True, seed=1)
-        return TensorBatchLoader(images, labels, sampler, 3, drop_last, per_fetch=per_fetch)
+        fetching = Fetching.plan(20, 3, 3 * per_fetch, drop_last=drop_last)
+        return TensorBatchLoader(images, labels, sampler, fetching)
 
     one_by_one = [labels for _, labels in loader(1)]
     fetched = [labels for _, labels in loader(4)]
-    assert len(one_by_one) == (6 if drop_last else 7) and loader(4).steps_per_epoch == 6 + (
-        not drop_last
-    )
+    assert len(one_by_one) == (6 if drop_last else 7) == loader(4).fetching.batches
     assert [len(f) for f in fetched] == ([12, 6] if drop_last else [12, 8])
     assert torch.equal(torch.cat(fetched), torch.cat(one_by_one))
 
 
 def test_fetch_size_is_rounded_down_to_whole_batches_and_at_least_one(folder_data, tmp_path):
-    assert datamodule(folder_data, tmp_path, batch_size=4, fetch_size=1024).per_fetch == 256
-    assert datamodule(folder_data, tmp_path, batch_size=100, fetch_size=1024).per_fetch == 10
-    assert datamodule(folder_data, tmp_path, batch_size=2048, fetch_size=1024).per_fetch == 1
+    def per_fetch(batch_size: int, fetch_size: int) -> int:
+        dm = datamodule(folder_data, tmp_path, batch_size=batch_size, fetch_size=fetch_size)
+        return dm.fetching.per_fetch
+
+    assert per_fetch(4, 1024) == 256
+    assert per_fetch(100, 1024) == 10
+    assert per_fetch(2048, 1024) == 1
     with pytest.raises(ConfigError, match="data.fetch_size must be a positive integer"):
         datamodule(folder_data, tmp_path, fetch_size=0)
+
+
+def test_fetches_end_where_lightnings_counters_in_batches_say():
+    plan = Fetching.plan  # 100 images in batches of 4: 25 batches
+    assert plan(100, 4, 40) == Fetching(batch_size=4, per_fetch=10, batches=25)
+    limited = plan(100, 4, 40, counters=BatchCounters(limit_train_batches=13))
+    assert (limited.batches, limited.fetches) == (13, 2)  # 10 batches, then 3
+    assert plan(100, 4, 40, counters=BatchCounters(limit_train_batches=0.5)).batches == 12
+    # Validation every 6 batches: fetches of 6 (the largest that divides 6 within 10 batches).
+    assert plan(100, 4, 40, counters=BatchCounters(val_check_interval=6)).per_fetch == 6
+    # Counted across epochs, fetches also end with the epoch: 5 divides 25 and 15.
+    across = BatchCounters(val_check_interval=15, across_epochs=True)
+    assert plan(100, 4, 40, counters=across).per_fetch == 5
+    with pytest.raises(ConfigError, match="val_check_interval=30 counts training batches"):
+        plan(100, 4, 40, counters=BatchCounters(val_check_interval=30))
 
 
 def test_loader_resumes_at_the_next_batch_of_the_epoch():
@@ -187,7 +206,7 @@ def test_loader_resumes_at_the_next_batch_of_the_epoch():
     def loader(epoch: int) -> TensorBatchLoader:
         sampler = EpochShuffle(torch.arange(20), shuffle=True, seed=1)
         sampler.set_epoch(epoch)
-        return TensorBatchLoader(images, labels, sampler, batch_size=3)
+        return TensorBatchLoader(images, labels, sampler, Fetching.plan(20, 3))
 
     expected = [labels for _, labels in loader(2)]
     interrupted = iter(first := loader(2))

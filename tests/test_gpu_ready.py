@@ -89,9 +89,8 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_a_config_error(fol
     from src.errors import ConfigError
 
     dm = datamodule(folder_data, tmp_path, batch_size=9)
-    dm.trainer = fake_trainer(world=2)
     with pytest.raises(ConfigError, match="data.batch_size=9 .* multiple of 2"):
-        _ = dm.rank_batch_size
+        dm.plan_fetching(world_size=2)
 
 
 def test_epoch_seed_folds_in_the_rank_and_resumes_each_rank_from_its_own_state():

@@ -93,6 +93,21 @@ def test_max_steps_counts_optimizer_steps_inside_a_fetch(folder_data, tmp_path):
     assert ckpt["global_step"] == 7
 
 
+def test_lightning_counters_count_batches_not_fetches(folder_data, tmp_path):
+    """limit_train_batches and a whole-number val_check_interval mean batches (optimizer steps
+    of data.batch_size) as in any Lightning project, however many batches a fetch holds (two
+    here: 108 training images, batches of 8, fetches of 16 images)."""
+    train_tiny(tmp_path, folder_data, "++trainer.limit_train_batches=5", run="limited")
+    ckpt = torch.load(tmp_path / "limited" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2 * 5  # two epochs of 5 batches (the third fetch cut in half)
+
+    train_tiny(tmp_path, folder_data, "trainer.max_epochs=1", "+trainer.val_check_interval=3")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    # 14 batches: validations after batches 3, 6, 9 and 12 (as Lightning counts them, none at
+    # the end of an epoch whose length the interval does not divide).
+    assert len(events.Scalars("val/acc")) == 4
+
+
 def test_eval_reproduces_the_test_accuracy_train_printed(folder_data, tmp_path):
     metrics = train_tiny(tmp_path, folder_data)
     overrides = [

@@ -15,6 +15,7 @@ import pickle
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 
 def _die_with_parent() -> None:
@@ -29,10 +30,10 @@ def _die_with_parent() -> None:
 
 
 def _write_result(path: str, result: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as file:
+    from src.files import atomic_write  # once the parent's sys.path is taken
+
+    with atomic_write(Path(path), "wb") as file:
         pickle.dump(result, file)
-    os.replace(tmp, path)
 
 
 def describe(err: BaseException) -> str:

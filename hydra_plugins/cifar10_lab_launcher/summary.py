@@ -9,30 +9,15 @@ without saying so (killed, out of memory) as failed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from src.files import write_json
+
 FINISHED = "finished"
 # A process that dies without a word leaves its metrics.json saying this.
 RUNNING = "running"
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(data, file, indent=2, default=str)
-            file.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a summary is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_metrics(job_dir: Path) -> dict[str, Any]:

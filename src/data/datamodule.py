@@ -12,7 +12,8 @@ from torch import Tensor
 
 from src.data.augment import Draws, get_augment, step_seed
 from src.data.cache import CachedData, load_or_build
-from src.data.loader import EpochShuffle, TensorBatchLoader, batches_per_fetch
+from src.data.fetching import Fetching, count_in_fetches, user_counters
+from src.data.loader import EpochShuffle, TensorBatchLoader, pixels_to_float
 from src.data.sources import check_folder, folder_fingerprint, read_folder, read_official
 from src.errors import ConfigError
 
@@ -111,8 +112,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.val_size, self.val_from, self.split_seed = val_size, val_from, split_seed
         self.seed = seed
         self.normalize, self.on_device = normalize, on_device
-        self.per_fetch = batches_per_fetch(batch_size, fetch_size)
+        self.fetch_size = fetch_size
         self.data: CachedData | None = None
+        self.fetching: Fetching | None = None  # planned once the splits are known
 
     # -- preparing ---------------------------------------------------------------------------
 
@@ -139,6 +141,11 @@ class CIFAR10DataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
             self._load_splits()
+            self.fetching = self.plan_fetching()
+        if self.trainer is not None and stage == "fit":
+            counters = user_counters(self.trainer)
+            self.fetching = self.plan_fetching(self.trainer.world_size, counters)
+            count_in_fetches(self.trainer, self.fetching, counters)
         # Entry points call setup() before a Trainer exists, and Lightning calls it again once
         # the device is known: that second call moves the data set onto the GPU.
         if self.on_device and self.trainer is not None:
@@ -176,16 +183,18 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------
 
-    @property
-    def rank_batch_size(self) -> int:
-        """Training images per optimizer step on this rank: the global batch over the ranks."""
-        world = self.trainer.world_size if self.trainer else 1
-        if self.batch_size % world:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} is the batch of all {world} DDP ranks together "
-                f"and must split evenly between them: use a multiple of {world}"
-            )
-        return self.batch_size // world
+    def plan_fetching(self, world_size: int = 1, counters=None) -> Fetching:
+        """The training batches of one epoch on each of `world_size` ranks, as fetches, under
+        the Trainer's `counters` (src.data.fetching.BatchCounters; none: a whole epoch)."""
+        extra = {"counters": counters} if counters is not None else {}
+        return Fetching.plan(
+            len(self.train_idx) // world_size,
+            self.batch_size,
+            self.fetch_size,
+            world_size=world_size,
+            drop_last=self.drop_last,
+            **extra,
+        )
 
     def _loader(self, images: Tensor, labels: Tensor, indices: Tensor, train: bool):
         rank, world = (
@@ -195,17 +204,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         # Host memory the GPU copies from asynchronously (data kept off the GPU).
         pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         pin = pin and images.device.type == "cpu"
-        if not train:
-            return TensorBatchLoader(images, labels, sampler, self.eval_batch_size, pin=pin)
-        return TensorBatchLoader(
-            images,
-            labels,
-            sampler,
-            self.rank_batch_size,
-            self.drop_last,
-            per_fetch=self.per_fetch,
-            pin=pin,
-        )
+        if train:
+            return TensorBatchLoader(images, labels, sampler, self.fetching, pin=pin)
+        every = Fetching.plan(len(sampler), self.eval_batch_size)  # a batch at a time
+        return TensorBatchLoader(images, labels, sampler, every, pin=pin)
 
     def train_dataloader(self):
         return self._loader(self.train_images, self.train_labels, self.train_idx, train=True)
@@ -222,7 +224,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 -> float in [0, 1] on the training device; augment training batches only."""
         images, labels = batch
-        images = images.float().div_(255)
+        images = pixels_to_float(images)
         if self.augment_fn is not None and self.trainer is not None and self.trainer.training:
             images = self.augment_fn(images, self._draws(len(images), images.device))
         return images, labels
@@ -230,10 +232,10 @@ class CIFAR10DataModule(L.LightningDataModule):
     def _draws(self, n: int, device: torch.device) -> Draws:
         """The random numbers of this training fetch: each of its batches draws from a generator
         keyed by its step in the epoch, so data.fetch_size does not change them."""
-        trainer, size = self.trainer, self.rank_batch_size
+        trainer, size = self.trainer, self.fetching.batch_size
         # Fetches this epoch before this one (Lightning counts the fetch after this hook); also
         # right after a mid-epoch resume, where it restores the count with the loader's place.
-        first = trainer.fit_loop.epoch_loop.batch_progress.current.ready * self.per_fetch
+        first = self.fetching.first_batch(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
         seeds = [
             step_seed(self.augment_seed, trainer.global_rank, trainer.current_epoch, first + k)
             for k in range(-(-n // size))

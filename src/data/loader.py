@@ -7,6 +7,21 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from src.data.fetching import Fetching
+
+
+def pixels_to_float(images: Tensor, hwc: bool = False) -> Tensor:
+    """uint8 images -> float32 in [0, 1], channels first: what the Classifier takes (it
+    normalises them itself). hwc: `images` are N x H x W x 3, as cached and as read from files."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    return (images.permute(0, 3, 1, 2) if hwc else images).float().div_(255)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's random numbers (its data order; dropout's, see EpochSeed)."""
+    return seed * 1_000_003 + epoch
+
 
 class EpochShuffle:
     """Index order for one epoch: a permutation seeded by (seed, epoch), sharded across ranks.
@@ -28,7 +43,7 @@ class EpochShuffle:
     def order(self) -> Tensor:
         indices = self.indices
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             indices = indices[torch.randperm(len(indices), generator=generator)]
         # Every rank gets the same number of indices, or DDP ranks would wait on each other.
         per_rank = len(indices) // self.world_size
@@ -38,22 +53,11 @@ class EpochShuffle:
         return len(self.indices) // self.world_size
 
 
-def batches_per_fetch(batch_size: int, fetch_size: int) -> int:
-    """Training batches the loader hands to Lightning at once: as many whole batches as fit in
-    `fetch_size` images, at least one."""
-    return max(1, fetch_size // batch_size)
-
-
 class TensorBatchLoader:
-    """Yields (images uint8 N x 3 x H x W, labels int64) from whole-split tensors: `per_fetch`
-    consecutive batches of `batch_size` at a time, as one tensor (the Classifier takes one
-    optimizer step per batch of it).
-
-    Why fetch several batches at once: Lightning's loop costs about a millisecond of Python per
-    batch it handles, as much as a whole batch-4 step of the tutorial net on the CPU (profile in
-    docs/speed.md). Handing it 64 batches of 4 at once pays that cost once per 64 optimizer
-    steps, while the steps (their images, order and count) stay those of batches of
-    `batch_size`.
+    """Yields (images uint8 N x 3 x H x W, labels int64) from whole-split tensors, fetch by fetch
+    as `fetching` plans them (src.data.fetching): `per_fetch` consecutive batches of
+    `batch_size` at a time, as one tensor (the Classifier takes one optimizer step per batch of
+    it), `fetching.batches` batches per epoch.
 
     `images` is N x H x W x 3 (as cached); batches come out channels-first as views of that
     layout, and stay on whatever device `images` lives on.
@@ -67,17 +71,10 @@ class TensorBatchLoader:
     batch_sampler = None
 
     def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        sampler: EpochShuffle,
-        batch_size: int,
-        drop_last: bool = False,
-        per_fetch: int = 1,
-        pin: bool = False,
+        self, images: Tensor, labels: Tensor, sampler: EpochShuffle, fetching: Fetching, pin=False
     ):
         self.images, self.labels, self.sampler = images, labels, sampler
-        self.batch_size, self.drop_last, self.per_fetch = batch_size, drop_last, per_fetch
+        self.fetching = fetching
         # Each fetch in pinned (page-locked) memory, which the GPU copies asynchronously;
         # torch's host allocator reuses the pinned blocks of earlier fetches.
         self.pin = pin
@@ -91,21 +88,16 @@ class TensorBatchLoader:
         self.sampler.set_epoch(state["epoch"])
         self._resume_at = state["batches_yielded"]
 
-    @property
-    def steps_per_epoch(self) -> int:
-        """Batches of `batch_size` in one epoch (optimizer steps)."""
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def __len__(self) -> int:
-        return -(-self.steps_per_epoch // self.per_fetch)
+        return self.fetching.fetches
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # The order is drawn at the first batch, after Lightning's set_epoch for this epoch.
         order = self.sampler.order().to(self.images.device)
-        # drop_last: the images of whole batches only
-        order = order[: self.steps_per_epoch * self.batch_size]
-        fetch = self.batch_size * self.per_fetch
+        # The epoch's batches only: whole ones under drop_last, and trainer.limit_train_batches
+        size = self.fetching.batch_size
+        order = order[: self.fetching.batches * size]
+        fetch = size * self.fetching.per_fetch
         start, self._resume_at = self._resume_at, 0
         for i in range(start, len(self)):
             idx = order[i * fetch : (i + 1) * fetch]

@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from src.data.datamodule import CIFAR10DataModule
+from src.data.fetching import Fetching
+
 
 class Classifier(L.LightningModule):
     """Cross-entropy classification with accuracy (overall and per class) for each stage.
@@ -22,12 +25,12 @@ class Classifier(L.LightningModule):
         net: the network (any nn.Module mapping N x 3 x H x W to N x classes).
         optimizer: factory `optimizer(params)` (a Hydra `_partial_` config).
         scheduler: factory `scheduler(optimizer, total_steps)` stepped every batch, or None.
-        batch_size: images per optimizer step, over all DDP ranks together (each rank steps on
-            batch_size / world_size of them). A training batch holding more (the data module
-            hands over several batches at once: data.fetch_size) is taken as consecutive steps
-            of this many images, so the optimizer sees exactly the batches it would see one at
-            a time. None: one step per training batch.
         net_config: the config the net was built from, kept in checkpoints to rebuild it.
+
+    Training batches may hold several optimizer steps: the data module's plan of fetches
+    (`fetching`, src.data.fetching), asked for in `setup`, says how many images one step takes;
+    the optimizer sees exactly the batches it would see one at a time. With a plain loader (no
+    such plan) each training batch is one step.
 
     Optimization is manual (Lightning's `automatic_optimization = False`), because one training
     batch may hold several optimizer steps; it does what Lightning's automatic loop does for one
@@ -45,7 +48,6 @@ class Classifier(L.LightningModule):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         label_smoothing: float = 0.0,
         channels_last: bool = False,
-        batch_size: int | None = None,
         net_config: dict | None = None,
     ):
         super().__init__()
@@ -77,6 +79,12 @@ class Classifier(L.LightningModule):
         # Filled at the end of each stage, for reports and metrics.json.
         self.val_confusion_best: Tensor | None = None
         self.test_results: dict = {}
+        self.fetching: Fetching | None = None
+
+    def setup(self, stage: str) -> None:
+        # The data module has planned this fit's fetches (its own setup runs first).
+        datamodule = self.trainer.datamodule
+        self.fetching = datamodule.fetching if isinstance(datamodule, CIFAR10DataModule) else None
 
     def _apply(self, fn, recurse: bool = True):
         # bf16-true / 16-true convert the whole module (module.to(dtype)), which would round the
@@ -120,9 +128,7 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, labels = batch
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        # data.batch_size is the global batch: each DDP rank steps on its share of it.
-        batch_size = self.hparams.batch_size
-        size = batch_size // self.trainer.world_size if batch_size else len(labels)
+        size = self.fetching.batch_size if self.fetching else len(labels)
         max_steps = self.trainer.max_steps
         for step_batch in zip(images.split(size), labels.split(size), strict=True):
             if 0 < max_steps <= self.trainer.global_step:
@@ -203,15 +209,8 @@ class Classifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def _total_steps(self) -> int:
-        """Optimizer steps in the whole run (for schedules): Lightning counts training batches,
-        which may hold several steps each (`batch_size`)."""
+        """Optimizer steps in the whole run (for schedules)."""
         trainer = self.trainer
-        batches = int(trainer.estimated_stepping_batches)  # also sets up the training loader
-        loader = trainer.train_dataloader
-        per_batch = getattr(loader, "per_fetch", 1)
-        if per_batch == 1:
-            return batches
-        # The last batch of an epoch may hold fewer steps than the others.
-        per_epoch = min(trainer.num_training_batches * per_batch, loader.steps_per_epoch)
-        total = per_epoch * trainer.max_epochs
-        return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
+        if self.fetching is None:  # one step per training batch, as Lightning counts them
+            return int(trainer.estimated_stepping_batches)
+        return self.fetching.total_steps(trainer.max_epochs, trainer.max_steps)
