@@ -10,11 +10,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import Checkpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 
 from src.data.loader import epoch_seed
 from src.errors import ConfigError
-from src.run import to_log_file
 
 log = logging.getLogger(__name__)
 
@@ -100,31 +99,6 @@ def progress_bar(enabled: bool, per_second: float = 4.0) -> ProgressBar | None:
     """The progress bar, or None when trainer.enable_progress_bar is off (Lightning refuses a
     progress bar callback then)."""
     return ProgressBar(per_second) if enabled else None
-
-
-class EpochSummary(Checkpoint):
-    """One line per epoch with its metrics, in the run's log, and on the console when there is
-    no progress bar (the bar shows them there).
-
-    A Checkpoint only to Lightning, which calls these last at an epoch's end, after the
-    LightningModule has logged the epoch's training metrics; it saves nothing.
-    """
-
-    KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "time/epoch_s")
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        metrics = trainer.callback_metrics
-        of = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        values = ", ".join(
-            f"{key} {float(metrics[key]):.4g}" for key in self.KEYS if key in metrics
-        )
-        line = f"epoch {trainer.current_epoch + 1}{of}: {values}"
-        if trainer.progress_bar_callback is None:
-            log.info("%s", line)
-        else:
-            to_log_file(line, __name__)
 
 
 class OptunaPruning(L.Callback):

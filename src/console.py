@@ -1,15 +1,19 @@
-"""Tables printed for people at the start and end of a run."""
+"""What a run shows people: the layer table at its start, a line per epoch, the results table."""
 
 from __future__ import annotations
 
 import io
+import logging
 
+import lightning as L
 from rich.console import Console, RenderableType
 from rich.table import Table
 
 from src.run import to_log_file
 
 console = Console()
+log = logging.getLogger(__name__)
+EPOCH_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "time/epoch_s")
 
 
 def show(renderable: RenderableType | str) -> None:
@@ -54,3 +58,19 @@ def print_results(metrics: dict) -> None:
     if "run_dir" in metrics:
         table.add_row("run folder", metrics["run_dir"])
     show(table)
+
+
+def log_epoch_line(trainer: L.Trainer) -> None:
+    """One line with the epoch's metrics, in the run's log, and on the console when there is no
+    progress bar (the bar shows them there). Called last at an epoch's end, once the epoch's
+    training metrics are logged (Classifier.on_train_epoch_end)."""
+    if trainer.sanity_checking or not trainer.is_global_zero:
+        return
+    metrics = trainer.callback_metrics
+    of = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+    values = ", ".join(f"{key} {float(metrics[key]):.4g}" for key in EPOCH_KEYS if key in metrics)
+    line = f"epoch {trainer.current_epoch + 1}{of}: {values}"
+    if trainer.progress_bar_callback is None:
+        log.info("%s", line)
+    else:
+        to_log_file(line, __name__)

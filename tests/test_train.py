@@ -156,7 +156,7 @@ def test_cli_trains_and_prints_the_result_table(folder_data, tmp_path):
         ("optimizer.lr=-0.1", "optimizer.lr must be a positive number"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be a positive integer"),
         ("data.batch_size=0", "data.batch_size must be a positive integer"),
-        ("model.c2=16 model.kernel_size=13", "conv2 (kernel 13"),
+        ("model.c2=16 model.kernel_size=13 model.pool=true", "conv2 (kernel 13"),
     ],
 )
 def test_bad_values_fail_with_one_clear_line(override, message, folder_data, tmp_path):

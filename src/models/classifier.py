@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from src.console import log_epoch_line
 from src.data.datamodule import CIFAR10DataModule
 from src.data.fetching import Fetching
 
@@ -168,6 +169,7 @@ class Classifier(L.LightningModule):
         self.log("train/loss", (loss / images).float(), sync_dist=True)
         self.log("train/acc", (correct / images * 100).float(), sync_dist=True)
         self.train_sums.zero_()
+        log_epoch_line(self.trainer)
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute() * 100
