@@ -48,7 +48,7 @@ from benchmarks.report import markdown, targets
 from src.data import CIFAR10DataModule
 from src.errors import ConfigError, UserError
 from src.files import write_json
-from src.run import set_threads
+from src.threads import set_threads
 
 log = logging.getLogger("benchmarks")
 

@@ -20,9 +20,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import src
-import src.run  # noqa: F401  (registers the config resolvers)
 from src.data import CIFAR10DataModule
-from src.run import available_cores
+from src.resolvers import register_resolvers
+from src.threads import available_cores
 
 # The configs that go with the `src` imported (another checkout's, to compare before and after).
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ QUICK = Scale(
 
 def compose_train(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """The train config as `python -m src.train <overrides>` composes it, writing to output_dir."""
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.run import available_cores
+from src.threads import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 KB = 1024

@@ -9,7 +9,7 @@ import lightning as L
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-from src.run import to_log_file
+from src.logs import to_log_file
 
 console = Console()
 log = logging.getLogger(__name__)

@@ -52,3 +52,12 @@ class TrainingDiverged(UserError):
     """The training loss became NaN or infinite: the learning rate is too high for the run."""
 
     exit_status = 3
+
+
+def find_user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind `err`: Hydra's instantiate wraps exceptions raised in constructors."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

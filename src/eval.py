@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.checkpoint import load_classifier
+from src.cli import cli, entry_point
 from src.console import print_results
 from src.data.loader import pixels_to_float
 from src.distributed import check_devices
@@ -25,7 +26,8 @@ from src.errors import DataError
 from src.models import Classifier
 from src.models.convnet import count_parameters
 from src.plots import confusion_figure, prediction_grid_figure, save_png, spread
-from src.run import RunRecord, cli, entry_point, set_threads
+from src.run_folder import RunRecord
+from src.threads import set_threads
 
 log = logging.getLogger(__name__)
 

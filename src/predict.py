@@ -28,13 +28,14 @@ from omegaconf import DictConfig, ListConfig
 from rich.table import Table
 
 from src.checkpoint import load_classifier
+from src.cli import cli, entry_point
 from src.console import show
 from src.data.loader import pixels_to_float
 from src.data.sources import IMAGE_SUFFIXES, load_image
 from src.errors import ConfigError, DataError
 from src.models import Classifier
 from src.plots import prediction_grid_figure, save_png
-from src.run import cli, entry_point, set_threads
+from src.threads import set_threads
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,10 @@ from src.errors import (
     OutputError,
     TrainingDiverged,
     UserError,
+    find_user_error,
 )
 from src.files import atomic_write
-from src.run import RunRecord, find_user_error
+from src.run_folder import RunRecord
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from hydra_plugins.cifar10_lab_sweeper.optuna_sweeper import TRIAL_KEY
+from src.cli import cli
 from src.errors import DataError
 from src.overrides import read_job_overrides
 from src.plots import save_png
-from src.run import cli
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,10 @@ from omegaconf import DictConfig
 
 from src.errors import ConfigError, UserError
 from src.files import write_json
-from src.run import available_cores
+from src.resolvers import register_resolvers
 from src.studies import figures, tables
 from src.studies.rows import ROWS, Row
+from src.threads import available_cores
 
 log = logging.getLogger("reproduce")
 
@@ -64,6 +65,7 @@ PROBE_BATCHES = 256  # timed batches (optimizer steps) of a probe
 
 def recipe(row: Row, overrides: list[str]) -> DictConfig:
     """The composed config of a row, as `python -m src.train` would build it."""
+    register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             return compose(

@@ -18,11 +18,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks import OptunaPruning
+from src.cli import cli, entry_point
 from src.console import print_layer_summary, print_results
 from src.data import CIFAR10DataModule
 from src.devices import tune_backends
 from src.distributed import check_ddp_launch, check_devices
-from src.errors import ConfigError
+from src.errors import ConfigError, find_user_error
 from src.files import write_text
 from src.models import Classifier
 from src.models.convnet import count_parameters, layer_summary
@@ -32,15 +33,8 @@ from src.recovery import (
     record_failure,
     resume_checkpoint,
 )
-from src.run import (
-    RunRecord,
-    cli,
-    entry_point,
-    find_user_error,
-    is_main_process,
-    set_threads,
-    will_restore_run_folder,
-)
+from src.run_folder import RunRecord, is_main_process, will_restore_run_folder
+from src.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +160,7 @@ def train(cfg: DictConfig) -> dict:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test = trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
     except BaseException as err:
-        # A single run refused by a check leaves its folder as it was (src.run.cli); anything
+        # A single run refused by a check leaves its folder as it was (src.cli.cli); anything
         # else, and every sweep job, says in metrics.json how it ended.
         refused = find_user_error(err) is not None and will_restore_run_folder(out_dir)
         if record is None and not refused:

@@ -25,7 +25,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-import src.run  # noqa: F401  (registers the config resolvers)
+from src.logs import quiet_library_noise
+from src.resolvers import register_resolvers
+
+# What the entry points do first: tests compose and resolve configs without going through them.
+register_resolvers()
+quiet_library_noise()
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

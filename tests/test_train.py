@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import src.eval
 import src.train
+from src.errors import find_user_error
 from src.eval import evaluate
-from src.run import find_user_error
 from src.train import train
 from tests.conftest import compose_config, run_cli, run_entry, tiny_overrides
 
