@@ -45,8 +45,9 @@ from benchmarks.loops import (
     seeds_steps,
 )
 from benchmarks.report import markdown, targets
+from src.cli import ToolParser, run_tool
 from src.data import CIFAR10DataModule
-from src.errors import ConfigError, UserError
+from src.errors import ConfigError
 from src.files import write_json
 from src.threads import set_threads
 
@@ -224,10 +225,10 @@ class Bench:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks",
-        description="Time to accuracy and per-batch speed against the seeds' loop and the "
-        "machine's limit. Extra arguments are train overrides (data.source=..., data.root=...).",
+    parser = ToolParser(
+        "python -m benchmarks",
+        "Time to accuracy and per-batch speed against the seeds' loop and the machine's limit.",
+        overrides="train overrides, e.g. data.root=PATH",
     )
     parser.add_argument("--quick", action="store_true", help="tiny counts (for tests), not speed")
     parser.add_argument(
@@ -242,7 +243,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="write OUT.json and OUT.md (default: benchmarks/results/<cpu|gpu>)",
     )
     parser.add_argument("--target", type=float, default=53.0, help="test accuracy %% to reach")
-    parser.add_argument("overrides", nargs="*", help="train overrides, e.g. data.root=PATH")
     return parser.parse_args(argv)
 
 
@@ -281,17 +281,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        run(parse_args(argv), argv)
-    except UserError as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    return run_tool(lambda: run(args, argv) and None)
 
 
 if __name__ == "__main__":

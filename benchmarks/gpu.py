@@ -96,12 +96,12 @@ def sweep_rates(base: list[str], steps: int, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """python -m benchmarks.gpu --data ROOT --out bench.json (step (h) of make gpu-check)."""
-    import argparse
     import json
 
+    from src.cli import ToolParser, exit_with
     from src.files import write_json
 
-    parser = argparse.ArgumentParser(description="images/s of every preset and of GPU sweeps")
+    parser = ToolParser("python -m benchmarks.gpu", "images/s of every preset and of GPU sweeps")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--warmup", type=int, default=10)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-steps", type=int, default=1500)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks.gpu: no CUDA GPU here")
+        exit_with("no CUDA GPU here (torch.cuda.is_available() is False): run it on a GPU machine")
     base = [
         "data.source=folder",
         f"data.root={args.data}",

@@ -12,7 +12,6 @@ status, figures and time go to check.json and check.md, rewritten after every st
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -23,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from src.cli import ToolParser, exit_with
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path.home() / ".cache" / "cifar10-lab" / "cifar10-jpeg"
@@ -345,7 +346,7 @@ def write_results(out: Path, header: dict, results: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ToolParser("python -m benchmarks.gpu_check", __doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "gpu")
     parser.add_argument("--only", default="", help="comma-separated step letters (default: all)")
@@ -354,19 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print(
-            "gpu-check: no CUDA GPU here (torch.cuda.is_available() is False): run it on a GPU "
-            "machine (docs/gpu.md)",
-            file=sys.stderr,
+        exit_with(
+            "no CUDA GPU here (torch.cuda.is_available() is False): run it on a GPU machine "
+            "(docs/gpu.md)"
         )
-        return 2
     if not (args.data / "train").is_dir():
-        print(
-            f"gpu-check: no CIFAR-10 image folder at {args.data}: run `make device-bundle` here, "
-            "or pass --data",
-            file=sys.stderr,
+        exit_with(
+            f"no CIFAR-10 image folder at {args.data}: run `make device-bundle` here, "
+            "or pass --data"
         )
-        return 2
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.accuracy import seeds_time_to_accuracy
-from src.errors import UserError
+from src.cli import ToolParser, run_tool
 from src.files import write_json
 
 log = logging.getLogger("seeds_loop")
@@ -32,36 +32,40 @@ EPOCHS = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.seeds_loop", description=__doc__)
+    parser = ToolParser(
+        "python -m benchmarks.seeds_loop",
+        __doc__.split("\n")[0],
+        overrides="train overrides, e.g. data.root=PATH",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("overrides", nargs="*", help="train overrides: data.source=..., ...")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="the seeds' record, read and extended (JSON)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    runs = json.loads(args.results.read_text())["runs"] if args.results.exists() else []
-    try:
-        for seed in args.seeds:
-            if any(r["seed"] == seed for r in runs):
-                continue
-            log.info("seed %d: %d epochs of the tutorial's loop", seed, EPOCHS)
-            with tempfile.TemporaryDirectory() as scratch:
-                # A target above 100% is never reached: the loop runs its epochs, tested after each.
-                result = seeds_time_to_accuracy(
-                    args.overrides, 101.0, 1.0, EPOCHS, Path(scratch), seed=seed
-                )
-            runs.append(
-                {
-                    "seed": seed,
-                    "test_acc_per_epoch": [point[1] for point in result["curve"]],
-                    "train_s": result["curve"][-1][0],
-                    "recipe": result["recipe"],
-                    "data": " ".join(args.overrides),
-                }
+    return run_tool(lambda: seeds_loop(args))
+
+
+def seeds_loop(args: argparse.Namespace) -> int:
+    runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
+    for seed in args.seeds:
+        if any(r["seed"] == seed for r in runs):
+            continue
+        log.info("seed %d: %d epochs of the tutorial's loop", seed, EPOCHS)
+        with tempfile.TemporaryDirectory() as scratch:
+            # A target above 100% is never reached: the loop runs its epochs, tested after each.
+            result = seeds_time_to_accuracy(
+                args.overrides, 101.0, 1.0, EPOCHS, Path(scratch), seed=seed
             )
-            write_json(args.results, {"runs": sorted(runs, key=lambda r: r["seed"])})
-    except UserError as err:
-        log.error("%s", err)
-        return 2
+        runs.append(
+            {
+                "seed": seed,
+                "test_acc_per_epoch": [point[1] for point in result["curve"]],
+                "train_s": result["curve"][-1][0],
+                "recipe": result["recipe"],
+                "data": " ".join(args.overrides),
+            }
+        )
+        write_json(args.out, {"runs": sorted(runs, key=lambda r: r["seed"])})
     final = [r["test_acc_per_epoch"][-1] for r in sorted(runs, key=lambda r: r["seed"])]
     spread = f" ± {statistics.stdev(final):.2f}" if len(final) > 1 else ""
     print(

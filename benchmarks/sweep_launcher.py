@@ -6,7 +6,7 @@
 Runs, in this one command and on this machine, the same sweep three ways: the parallel launcher
 with its default slots (one job per core, the cores split between them), the parallel launcher
 with one slot (one job at a time, every core, still a fresh process per job), and Hydra's basic
-launcher (one job at a time inside the launching process). `--repeat=N` first: N rounds, medians.
+launcher (one job at a time inside the launching process). `--repeat=N`: N rounds, medians.
 Other arguments are train overrides.
 """
 
@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from src.cli import ToolParser
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four jobs of equal cost: one epoch of the tutorial net at four learning rates.
@@ -51,8 +53,15 @@ def run_sweep(extra: list[str], overrides: list[str], sweep_dir: Path) -> dict:
     return {"wall_s": round(wall, 1), "jobs": len(accs), "test_acc": accs}
 
 
-def main(argv: list[str]) -> None:
-    repeats = int(argv.pop(0).split("=", 1)[1]) if argv and argv[0].startswith("--repeat=") else 1
+def main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(
+        "python -m benchmarks.sweep_launcher",
+        __doc__.split("\n")[0],
+        overrides="train overrides for every job, e.g. data.root=PATH",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds (the medians are shown)")
+    args = parser.parse_args(argv)
+    repeats, argv = args.repeat, args.overrides
     results: dict[str, list[dict]] = {way: [] for way in WAYS}
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
         # Rounds alternate the ways, so a busy spell on a shared machine hits all of them.
@@ -67,7 +76,8 @@ def main(argv: list[str]) -> None:
     for way, wall in median.items():
         print(f"| {way} | {wall:.1f} s | {base / wall:.2f}x |")
     print(json.dumps(results, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

@@ -14,8 +14,6 @@ steadier measure).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import build_net, compose_train
+from src.cli import ToolParser
+from src.files import write_json
 
 VARIANTS = {
     "fp32 (default)": {},
@@ -102,7 +102,7 @@ def profile_table(batch: int, steps: int, rows: int = 12) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.variants", description=__doc__)
+    parser = ToolParser("python -m benchmarks.variants", __doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per round")
     parser.add_argument("--threads", type=int, default=1)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:32s} {ms:8.2f} ms per step ({ratio:.2f}x)", flush=True)
     if args.out:
         settings = {"batch": args.batch, "threads": args.threads, "torch": torch.__version__}
-        args.out.write_text(json.dumps({**settings, "variants": results}, indent=2) + "\n")
+        write_json(args.out, {**settings, "variants": results})
     return 0
 
 

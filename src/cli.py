@@ -1,11 +1,15 @@
 """What the command-line tools share: a mistake becomes one line and exit status 2.
 
-`entry_point` and `cli` wrap the Hydra tools (train, eval, predict); `exit_with` is the one line
-every tool prints for a mistake.
+Two styles, one convention each. train, eval and predict are Hydra apps (`entry_point` and
+`cli`). The other tools (src.report, src.reproduce, the benchmarks) use `ToolParser` and
+`run_tool`: `--flags` for the tool itself, `--out` for where it writes, and positional Hydra
+overrides (`data.root=PATH`) for the runs it makes, where it makes any. Every tool prints a mistake
+as one `[ERROR] ...` line (`exit_with`).
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import logging
@@ -14,7 +18,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
@@ -33,10 +37,44 @@ from src.run_folder import restore_run_folder
 log = logging.getLogger(__name__)
 
 
-def exit_with(line: str, status: int = 2) -> None:
-    """End the program with one line saying what is wrong and how to fix it."""
+def error_line(line: str) -> None:
     print(f"[ERROR] {line}", file=sys.stderr)
+
+
+def exit_with(line: str, status: int = 2) -> NoReturn:
+    """End the program with one line saying what is wrong and how to fix it."""
+    error_line(line)
     sys.exit(status)
+
+
+class ToolParser(argparse.ArgumentParser):
+    """The command line of a tool that is not a Hydra app: `prog` is how to call it
+    (`python -m ...`), `overrides` (the help of the positional Hydra overrides) where the tool
+    passes them to the runs it makes, and a bad argument is one line and exit status 2 instead of
+    argparse's usage block."""
+
+    def __init__(self, prog: str, description: str, overrides: str | None = None):
+        super().__init__(prog=prog, description=description)
+        if overrides:
+            self.add_argument("overrides", nargs="*", metavar="OVERRIDE", help=overrides)
+
+    def error(self, message: str) -> NoReturn:
+        exit_with(f"{message} (see {self.prog} --help)")
+
+
+def run_tool(work: Callable[[], int | None]) -> int:
+    """Run a tool's work, logging `[LEVEL] message` lines: a UserError becomes one line and its
+    exit status (2). Returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    quiet_library_noise()
+    try:
+        return work() or 0
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        error_line(str(user_error))
+        return user_error.exit_status
 
 
 def cli(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

@@ -10,7 +10,6 @@ seeds.csv (when seeds repeat), report.md and PNG plots.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -25,7 +24,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from hydra_plugins.cifar10_lab_sweeper.optuna_sweeper import TRIAL_KEY
-from src.cli import cli
+from src.cli import ToolParser, run_tool
 from src.errors import DataError
 from src.overrides import read_job_overrides
 from src.plots import save_png
@@ -405,16 +404,17 @@ def make_report(sweep: Path, out: Path | None = None) -> dict[str, Any]:
     return {"jobs": jobs, "swept": keys, "groups": groups, "plots": plots, "out": out}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m src.report", description=__doc__.split("\n")[0]
-    )
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ToolParser("python -m src.report", __doc__.split("\n")[0])
     parser.add_argument("sweep", nargs="?", type=Path, help="sweep folder (default: the latest)")
     parser.add_argument("--out", type=Path, help="where to write (default: SWEEP/report)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s", stream=sys.stdout)
-    cli(lambda a: make_report(a.sweep or latest_sweep(), a.out))(args)
+
+    def work() -> None:
+        make_report(args.sweep or latest_sweep(), args.out)
+
+    return run_tool(work)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

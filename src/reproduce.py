@@ -37,7 +37,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from src.errors import ConfigError, UserError
+from src.cli import ToolParser, run_tool
+from src.errors import ConfigError
 from src.files import write_json
 from src.resolvers import register_resolvers
 from src.studies import figures, tables
@@ -234,8 +235,11 @@ def save_results(path: Path, results: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (data, ...)")
+    parser = ToolParser(
+        "python -m src.reproduce",
+        __doc__.split("\n")[0],
+        overrides="train overrides for every run, e.g. data.root=PATH",
+    )
     parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
     parser.add_argument("--table-only", action="store_true", help="rewrite the record, run nothing")
     parser.add_argument("--no-probes", action="store_true", help="skip the timing probes")
@@ -245,28 +249,27 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_LOCK,
         help=f"lock file held during each run (default {DEFAULT_LOCK}; '' for none)",
     )
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="the runs' record, read and extended (JSON)"
+    )
     parser.add_argument("--doc", type=Path, default=DOC, help="the page with the tables")
     parser.add_argument("--readme", type=Path, default=README, help="the page with the headline")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    return run_tool(lambda: reproduce(args))
+
+
+def reproduce(args: argparse.Namespace) -> int:
     known = {row.experiment for row in ROWS}
     unknown = set(args.only or ()) - known
-    try:
-        if unknown:
-            raise ConfigError(
-                f"unknown experiment(s) {sorted(unknown)}: choose from {sorted(known)}"
-            )
-        results = load_results(args.results)
-        failed = 0
-        if not args.table_only:
-            failed = run_all(args, results)
-        text = write_record(results, args.overrides, args.doc, args.readme)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if unknown:
+        raise ConfigError(f"unknown experiment(s) {sorted(unknown)}: choose from {sorted(known)}")
+    results = load_results(args.out)
+    failed = 0
+    if not args.table_only:
+        failed = run_all(args, results)
+    text = write_record(results, args.overrides, args.doc, args.readme)
     print(text)
-    log.info("record written to %s (%d recorded runs in %s)", args.doc, len(results), args.results)
+    log.info("record written to %s (%d recorded runs in %s)", args.doc, len(results), args.out)
     return 1 if failed else 0
 
 
@@ -300,7 +303,7 @@ def run_all(args: argparse.Namespace, results: list[dict]) -> int:
             if (r["row"], r["kind"], r["seed"]) != (record["row"], record["kind"], record["seed"])
         ]
         results.append(record)
-        save_results(args.results, results)
+        save_results(args.out, results)
     return failed
 
 

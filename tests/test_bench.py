@@ -98,14 +98,14 @@ def test_sweep_and_memory_sections_run_whole_jobs(bench_data, tmp_path):
     assert [t["met"] for t in data["targets"] if "copies" in t["target"]] == [True]
 
 
-def test_unknown_section_fails_with_one_clear_line(tmp_path, caplog):
+def test_unknown_section_fails_with_one_clear_line(tmp_path, capsys):
     from benchmarks.__main__ import main
 
     assert main(["--sections", "speed", f"--out={tmp_path / 'x'}"]) == 2
-    assert caplog.messages == [
-        "unknown benchmark sections ['speed']: choose from "
-        "['pipeline', 'per_batch', 'flops', 'time_to_accuracy', 'sweep', 'memory', 'gpu']"
-    ]
+    assert capsys.readouterr().err == (
+        "[ERROR] unknown benchmark sections ['speed']: choose from "
+        "['pipeline', 'per_batch', 'flops', 'time_to_accuracy', 'sweep', 'memory', 'gpu']\n"
+    )
     assert not (tmp_path / "x.json").exists()
 
 
@@ -113,7 +113,7 @@ def test_seeds_loop_runs_its_epochs_per_seed_and_resumes(bench_data, tmp_path, c
     from benchmarks import seeds_loop
 
     results = tmp_path / "seeds_loop.json"
-    args = ["--seeds", "0", "--results", str(results), *bench_data]
+    args = ["--seeds", "0", "--out", str(results), *bench_data]
     assert seeds_loop.main(args) == 0
     runs = json.loads(results.read_text())["runs"]
     assert [r["seed"] for r in runs] == [0]

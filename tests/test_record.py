@@ -172,7 +172,7 @@ def test_reproduce_records_resumes_and_never_repeats(folder_data, tmp_path, monk
         f"data.cache_dir={tmp_path / 'cache'}",
         "data.batch_size=16",
         "threads=1",
-        f"--results={results}",
+        f"--out={results}",
         f"--doc={doc}",
         f"--readme={readme}",
         f"--lock={tmp_path / 'cpu.lock'}",
