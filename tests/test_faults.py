@@ -253,6 +253,22 @@ def test_bad_settings(override, message, folder_data, tmp_path, capsys):
     assert not (tmp_path / "runs").exists(), "no run folder left behind, nor the folder above it"
 
 
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("label_smoothing=0.1", "label_smoothing is now model.label_smoothing"),
+        ("channels_last=true", "channels_last is now model.channels_last"),
+        ("compile=true", "compile is now model.compile"),
+    ],
+)
+def test_a_moved_key_is_refused_in_one_line_naming_its_new_place(override, line, tmp_path, capsys):
+    run = tmp_path / "runs" / "r"
+    status, output = run_entry(src.train.main, override, f"hydra.run.dir={run}", capsys=capsys)
+    new = line.split(" is now ")[1]
+    assert (status, output) == (2, f"[ERROR] {line}: write {new}=<value>\n")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("override", ["trainer.accelerator=gpu", "trainer=gpu"])
 def test_a_gpu_asked_for_on_a_machine_without_one(override, folder_data, tmp_path, capsys):
     overrides = [o for o in tiny_overrides(tmp_path, folder_data) if "accelerator" not in o]
