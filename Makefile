@@ -46,7 +46,7 @@ test-all: install $(DATA_DEP)
 	$(PY) -m pytest -m "slow or not slow"
 
 # Speed against the seeds' loop and the machine's limit (docs/speed.md): about 15 minutes on
-# 2 CPU cores; writes benchmarks/results/<cpu|gpu>.json and .md. Options go in ARGS.
+# 2 CPU cores; writes results/bench/<cpu|gpu>.json and .md. Options go in ARGS.
 bench: $(VENV)/.installed-bench $(DATA_DEP)
 	$(PY) -m benchmarks $(DATA_ARGS) $(ARGS)
 

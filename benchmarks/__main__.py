@@ -240,7 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=None,
-        help="write OUT.json and OUT.md (default: benchmarks/results/<cpu|gpu>)",
+        help="write OUT.json and OUT.md (default: results/bench/<cpu|gpu>)",
     )
     parser.add_argument("--target", type=float, default=53.0, help="test accuracy %% to reach")
     return parser.parse_args(argv)
@@ -251,7 +251,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown benchmark sections {unknown}: choose from {list(SECTIONS)}")
-    out = args.out or Path(__file__).parent / "results" / (
+    out = args.out or Path(__file__).resolve().parents[1] / "results" / "bench" / (
         "gpu" if torch.cuda.is_available() else "cpu"
     )
     scale = QUICK if args.quick else FULL

@@ -8,7 +8,7 @@ the published 53% was measured on the official test set, while this copy is JPEG
 test images. Running the seeds' own code here tells the copy's drift apart from any difference
 of cifar10-lab's. Each seed trains the tutorial net for 2 epochs at batch 4 (SGD 0.001, momentum
 0.9; torchvision image data set, 2 DataLoader workers) and is tested on the whole test split
-after each epoch. Writes results/seeds_loop.json (kept: resume by running again).
+after each epoch. Writes results/bench/seeds_loop.json (kept: resume by running again).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from src.files import write_json
 
 log = logging.getLogger("seeds_loop")
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "seeds_loop.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench" / "seeds_loop.json"
 EPOCHS = 2
 
 

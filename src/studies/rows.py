@@ -47,8 +47,8 @@ class Row:
 JPEG_NOTE = (
     "the tutorial's own code (torchvision data set, per-image transforms, DataLoader, its loop, "
     "unchanged) on the same JPEG copy gives 55.75 ± 1.34 over seeds 0-2 "
-    "(results/seeds_loop.json, `python -m benchmarks.seeds_loop`), as high as ours: the gap is "
-    "the data copy (5,000 JPEG test images), not cifar10-lab"
+    "(results/bench/seeds_loop.json, `python -m benchmarks.seeds_loop`), as high as ours: "
+    "the gap is the data copy (5,000 JPEG test images), not cifar10-lab"
 )
 SAME_NETWORK_NOTE = (
     "the study ran this network more than once and its own runs spread over {spread} points; "
