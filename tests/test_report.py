@@ -30,7 +30,8 @@ FINISHED = ["k3_seed1", "k3_seed2", "k5_seed1", "k5_seed2"]
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """kernel 3 and 5 with seeds 1 and 2, then kernel 13, which does not fit the tutorial net.
+    """kernel 3 and 5 with seeds 1 and 2, then kernel 13, which does not fit the tutorial net
+    pooled after each conv.
 
     Run by Hydra's basic launcher (every job in this one child process: faster than a process
     per job), which stops at the first failed job (k13_seed1); the parallel launcher, which runs
@@ -44,6 +45,7 @@ def sweep(tmp_path_factory) -> Path:
         *tiny_overrides(tmp, data),
         "trainer.max_epochs=1",
         "model.kernel_size=3,5,13",
+        "model.pool=true",
         "seed=1,2",
         f"hydra.sweep.dir={tmp / 'sweep'}",
         "hydra.sweep.subdir=k${model.kernel_size}_seed${seed}",
