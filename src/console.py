@@ -19,12 +19,21 @@ EPOCH_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", 
 def show(renderable: RenderableType | str) -> None:
     """Print to the console, and as plain text to the run's log, which keeps what was shown."""
     console.print(renderable)
+    to_log_file(plain_text(renderable), __name__)
+
+
+def plain_text(renderable: RenderableType | str) -> str:
+    """What the console shows, as plain text for a log file."""
     plain = Console(file=io.StringIO(), width=max(console.width, 80), color_system=None)
     plain.print(renderable)
-    to_log_file(plain.file.getvalue().rstrip(), __name__)
+    return plain.file.getvalue().rstrip()
 
 
 def print_layer_summary(name: str, rows: list[tuple[str, tuple, int]], total: int) -> None:
+    show(layer_table(name, rows, total))
+
+
+def layer_table(name: str, rows: list[tuple[str, tuple, int]], total: int) -> Table:
     table = Table(title=f"{name}: layers", title_justify="left")
     table.add_column("layer")
     table.add_column("output shape", justify="right")
@@ -32,7 +41,7 @@ def print_layer_summary(name: str, rows: list[tuple[str, tuple, int]], total: in
     for layer, shape, params in rows:
         table.add_row(layer, " x ".join(map(str, shape)), f"{params:,}")
     table.add_row("total", "", f"{total:,}", style="bold")
-    show(table)
+    return table
 
 
 def _percent(value: float | None) -> str:
@@ -40,6 +49,10 @@ def _percent(value: float | None) -> str:
 
 
 def print_results(metrics: dict) -> None:
+    show(results_table(metrics))
+
+
+def results_table(metrics: dict) -> Table:
     """The end-of-run table: accuracies, per-class test accuracy, size, time, where files are."""
     table = Table(title="result", title_justify="left", show_header=False)
     table.add_column("what")
@@ -57,7 +70,7 @@ def print_results(metrics: dict) -> None:
         table.add_row("wall time", f"{metrics['wall_time_s']:.1f} s")
     if "run_dir" in metrics:
         table.add_row("run folder", metrics["run_dir"])
-    show(table)
+    return table
 
 
 def log_epoch_line(trainer: L.Trainer) -> None:
