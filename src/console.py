@@ -9,8 +9,6 @@ import lightning as L
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-from src.run import to_log_file
-
 console = Console()
 log = logging.getLogger(__name__)
 EPOCH_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "time/epoch_s")
@@ -21,6 +19,8 @@ def show(renderable: RenderableType | str) -> None:
     console.print(renderable)
     plain = Console(file=io.StringIO(), width=max(console.width, 80), color_system=None)
     plain.print(renderable)
+    from src.run import to_log_file  # here: src.run -> src.models -> this module
+
     to_log_file(plain.file.getvalue().rstrip(), __name__)
 
 
@@ -73,4 +73,6 @@ def log_epoch_line(trainer: L.Trainer) -> None:
     if trainer.progress_bar_callback is None:
         log.info("%s", line)
     else:
+        from src.run import to_log_file  # here: src.run -> src.models -> this module
+
         to_log_file(line, __name__)
