@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from omegaconf import open_dict
 
 from hydra_plugins.cifar10_lab_launcher import fusion
 from hydra_plugins.cifar10_lab_launcher.parallel_launcher import Job, ParallelLauncher
@@ -75,7 +76,8 @@ def test_seeds_and_learning_rates_fuse_widths_and_batch_sizes_do_not(tmp_path):
     tasks = []
     for i, overrides in enumerate(jobs.values()):
         cfg = compose_config("train", overrides, tmp_path / f"run{i}")
-        del cfg["hydra"]
+        with open_dict(cfg):
+            del cfg["hydra"]
         tasks.append(cfg)
     keys = [stand_in_key(cfg) for cfg in tasks]
     groups = fusion.plan(keys, max_fused=16)

@@ -59,7 +59,9 @@ def plan(keys: Sequence[str | None], max_fused: int) -> list[list[int]]:
 
 
 def flat(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config's leaves by dotted key."""
+    """The config's leaves by dotted key, unresolved: a value that follows the seed or the run
+    folder (`${seed}`, `${paths.output_dir}`) is the same text in every job, so two jobs differ
+    exactly where their settings do."""
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -72,7 +74,7 @@ def flat(cfg: DictConfig) -> dict[str, Any]:
         else:
             out[prefix[:-1]] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
     return out
 
 
