@@ -222,11 +222,9 @@ class ParallelLauncher(Launcher):
         re-running its command line, which in a worker would be the worker's."""
         trainer = config.get("trainer") or {}
         devices = trainer.get("devices")
-        if isinstance(devices, str) and devices.isdigit():
-            devices = int(devices)
+        if isinstance(devices, str):  # "2", or "auto" (the slot's GPUs: devices_per_job)
+            devices = int(devices) if devices.isdigit() else 1
         many = devices > 1 if isinstance(devices, int) else len(devices or ()) > 1
-        if isinstance(devices, str):  # "auto": the slot's GPUs
-            many = False
         return many or int(trainer.get("num_nodes") or 1) > 1 or self.devices_per_job > 1
 
     # -- one job or group -----------------------------------------------------------------------
