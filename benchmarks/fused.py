@@ -5,7 +5,7 @@ a fixed number of optimizer steps on random data (speed only): K separate nets s
 another (the Classifier's step: forward, cross-entropy, zero_grad, backward, step), and the K
 fused by src.fused.FusedConvNet as train_group steps them (weights concatenated per step, one
 backward, each member's own optimizer step). Prints and writes ms per step per member to
-benchmarks/results/fused.json.
+results/bench/fused.json.
 
     nice python -m benchmarks.fused [--steps 200] [K ...]
 """
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from src.fused.net import FusedConvNet, fuse_inputs
 from src.models import ConvNet
 
-RESULTS = Path(__file__).parent / "results" / "fused.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench" / "fused.json"
 BATCH = 4
 
 

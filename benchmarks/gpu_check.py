@@ -158,7 +158,7 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
 
     # (d) data.fetch_size changes nothing, augmentation and dropout included.
     fetch = [*gpu, "trainer.deterministic=true", "trainer.max_epochs=1", "data.augment=seed004"]
-    fetch += ["+model.net.dropout=0.3"]
+    fetch += ["model.dropout=0.3"]
 
     def judge_d(done):
         one, many = metrics(runs / "d_fetch64"), metrics(runs / "d_fetch1024")

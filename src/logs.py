@@ -41,6 +41,7 @@ def route_library_logs() -> None:
     gives itself console handlers of its own when it is imported before logging is set up."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)  # as Lightning sets it (a tool in this process may not)
         if logging.getLogger().handlers:
             logger.handlers.clear()
             logger.propagate = True

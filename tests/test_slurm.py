@@ -142,7 +142,13 @@ def test_a_ddp_job_gets_its_ranks_from_slurm(slurm, folder_data, tmp_path):
     assert job["status"] == "finished" and metrics(sweep / "job0")["status"] == "finished"
     # One SLURM job whose two tasks (srun) are the two ranks, talking over gloo.
     folder = sweep / ".submitit" / job["slurm_job_id"]
-    ranks = [(folder / f"{job['slurm_job_id']}_{task}_log.err").read_text() for task in (0, 1)]
+    ranks = [  # Lightning's lines go through Hydra's console handler (stdout), or to stderr
+        "".join(
+            (folder / f"{job['slurm_job_id']}_{task}_log.{ext}").read_text()
+            for ext in "out err".split()
+        )
+        for task in (0, 1)
+    ]
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in ranks[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in ranks[1]
     assert "distributed_backend=gloo" in ranks[0]
     assert "All distributed processes registered. Starting with 2 processes" in ranks[0]

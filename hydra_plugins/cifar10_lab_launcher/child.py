@@ -1,4 +1,5 @@
-"""One sweep job in a fresh process: `python child.py <job file> <result file>`.
+"""One sweep job in a fresh process: `python child.py <job file> <result file>` (DDP jobs;
+the others run in long-lived workers, worker.py).
 
 Run by path, not as a module, so it needs nothing on sys.path to start; it then takes the
 parent's sys.path, pins itself to its cores, and only then unpickles the job (which imports torch).
@@ -18,7 +19,7 @@ import traceback
 from pathlib import Path
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGTERM this process when the launcher dies, so no job outlives its sweep."""
     try:
         import ctypes
@@ -81,8 +82,8 @@ def main(job_file: str, result_file: str) -> int:
         sys.path[:] = header["sys_path"]
         if header["cores"] and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, header["cores"])
-        _die_with_parent()
-        job = pickle.load(file)  # cloudpickled task function, context and config
+        die_with_parent()
+        job = pickle.load(file)  # cloudpickled task function, context and config(s)
 
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
@@ -91,7 +92,7 @@ def main(job_file: str, result_file: str) -> int:
     result: dict = {"pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES")}
     setup_globals()
     Singleton.set_state(job["singletons"])
-    outcome, code = run_task(job["hydra_context"], job["task_function"], job["config"])
+    outcome, code = run_task(job["hydra_context"], job["task_function"], job["configs"][0])
     result.update(outcome)
     if rank0:
         try:

@@ -1,25 +1,27 @@
-"""ParallelLauncher: run a sweep's jobs side by side, each in a fresh process on its own slot.
+"""ParallelLauncher: run a sweep's jobs side by side, each slot with its own worker process.
 
 A slot is a GPU (or a group of GPUs for multi-GPU jobs), or a share of the CPU cores when there is
-no GPU. Each job process sees only its GPUs (CUDA_VISIBLE_DEVICES, set before it starts) and runs
-pinned to its cores; the next job starts as soon as a slot frees. A failed or killed job is
-recorded and the others run on; Ctrl-C stops every job. Jobs whose metrics.json already says
-"finished" (a relaunch of the same sweep on the same folder) are not run again; unfinished ones
-that left a checkpoint continue from it.
+no GPU. Each slot's worker (worker.py) sees only its GPUs (CUDA_VISIBLE_DEVICES, set before it
+starts), runs pinned to its cores, imports torch and Lightning once and runs job after job; the
+next job starts as soon as a slot frees. With hydra.launcher.fuse=auto, jobs that differ only in
+what src.fused lets a member hold for itself (seed, optimizer and scheduler settings, label
+smoothing) train together as one fused model in one process (fusion.py). A DDP job runs in a fresh
+process of its own (child.py). A failed or killed job is recorded and the others run on; Ctrl-C
+stops every job. Jobs whose metrics.json already says "finished" (a relaunch of the same sweep on
+the same folder) are not run again; unfinished ones that left a checkpoint continue from it.
 """
 
 # No `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules,
 # where dataclasses cannot resolve string annotations.
+import copy
 import logging
-import os
-import pickle
 import signal
-import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,13 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import naming
+from . import fusion, naming
+from .pool import FreshProcess, Runner, Worker
 from .slots import Slot, plan_slots, resolve_devices, usable_cores
 from .summary import FINISHED, RUNNING, Summary, left_unfinished, mark_dead, read_metrics
 
 log = logging.getLogger(__name__)
 
-CHILD = Path(__file__).with_name("child.py")
 POLL_S = 0.2
 
 
@@ -67,11 +69,21 @@ class Job:
     params: dict[str, str]
     config: DictConfig | None = None
     slot: Slot | None = None
-    process: subprocess.Popen | None = None
-    result_file: Path | None = None
     started: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+
+
+@dataclass
+class Unit:
+    """What runs at once in one process on one slot: a job, or a fused group of jobs."""
+
+    jobs: list[Job]
+    runner: Runner | None = None
+
+    @property
+    def names(self) -> str:
+        return ", ".join(job.name for job in self.jobs)
 
 
 class ParallelLauncher(Launcher):
@@ -86,6 +98,8 @@ class ParallelLauncher(Launcher):
         stop_timeout_s: float = 30.0,
         resume_key: str | None = None,
         accelerator: str = "auto",
+        fuse: str = "auto",
+        max_fused: int | None = None,
     ) -> None:
         super().__init__()
         self.devices = devices if isinstance(devices, (str, int, type(None))) else list(devices)
@@ -98,11 +112,14 @@ class ParallelLauncher(Launcher):
         self.stop_timeout_s = stop_timeout_s
         self.resume_key = resume_key
         self.accelerator = str(accelerator)
+        self.fuse = str(fuse)
+        self.max_fused = max_fused
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.summary: Summary | None = None
         self.sweep_dir = Path()
+        self.workers: dict[int, Worker] = {}
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -162,114 +179,179 @@ class ParallelLauncher(Launcher):
             and left_unfinished(job.dir)
         )
 
-    # -- one job --------------------------------------------------------------------------------
+    # -- grouping -------------------------------------------------------------------------------
 
-    def _start(self, job: Job, slot: Slot) -> bool:
-        """Start the job's process on `slot`; False (and the job failed) if it cannot start."""
+    def _units(self, todo: list[Job], gpus: bool) -> list[Unit]:
+        """What runs in one process: each job alone, or (hydra.launcher.fuse=auto) the jobs that
+        src.fused can train as one model together, one line per group saying which and why."""
+        if self.fuse not in fusion.FUSE_CHOICES:
+            raise SweepJobFailed(
+                f"cannot start the sweep: hydra.launcher.fuse={self.fuse} is not one of "
+                f"{', '.join(fusion.FUSE_CHOICES)}"
+            )
+        if self.fuse == "off" or len(todo) < 2:
+            return [Unit([job]) for job in todo]
+        max_fused = self.max_fused or fusion.MAX_FUSED["gpu" if gpus else "cpu"]
+        keys, flats = [], []
+        for job in todo:
+            job.config = self._compose(job)
+            fusable = not self._own_process(job.config)
+            task = self._fusion_view(job.config) if fusable else None
+            keys.append(fusion.fusion_key(task) if fusable else None)
+            flats.append(fusion.flat(task) if fusable else None)
         try:
-            self._spawn(job, slot)
+            groups = fusion.plan(keys, int(max_fused))
+        except ValueError as err:
+            raise SweepJobFailed(f"cannot start the sweep: {err}") from None
+        for line in fusion.describe(groups, [j.name for j in todo], flats, int(max_fused)):
+            log.info("%s", line)
+        return [Unit([todo[i] for i in group]) for group in groups]
+
+    def _fusion_view(self, config: DictConfig) -> DictConfig:
+        """The job's task config as fusion_key sees it: whether a member resumes from its own
+        checkpoint (train_group does that per member) does not keep it apart."""
+        task = copy.deepcopy(config)
+        with open_dict(task):
+            del task["hydra"]
+            if self.resume_key and self.resume_key in task:
+                task[self.resume_key] = False
+        return task
+
+    def _own_process(self, config: DictConfig) -> bool:
+        """A DDP job runs in a fresh process (child.py): Lightning starts its extra ranks by
+        re-running its command line, which in a worker would be the worker's."""
+        trainer = config.get("trainer") or {}
+        devices = trainer.get("devices")
+        if isinstance(devices, str):  # "2", or "auto" (the slot's GPUs: devices_per_job)
+            devices = int(devices) if devices.isdigit() else 1
+        many = devices > 1 if isinstance(devices, int) else len(devices or ()) > 1
+        return many or int(trainer.get("num_nodes") or 1) > 1 or self.devices_per_job > 1
+
+    # -- one job or group -----------------------------------------------------------------------
+
+    def _start(self, unit: Unit, slot: Slot) -> bool:
+        """Start the unit on `slot`; False (and its jobs failed) if it cannot start."""
+        try:
+            self._spawn(unit, slot)
         except Exception as err:
-            job.result = {"ok": False, "status": "failed", "error": f"{type(err).__name__}: {err}"}
-            self._record(job, status="failed", error=job.result["error"], return_value=None)
-            log.error("failed   %s: cannot start: %s", job.name, job.result["error"])
+            error = f"{type(err).__name__}: {err}"
+            for job in unit.jobs:
+                job.result = {"ok": False, "status": "failed", "error": error}
+                self._record(job, status="failed", error=error, return_value=None)
+            log.error("failed   %s: cannot start: %s", unit.names, error)
             return False
-        self._record(
-            job,
-            status="running",
-            error=None,
-            return_value=None,
-            pid=job.process.pid,
-            started=job.started,
-            ended=None,
-        )
-        log.info("started  %s  (%s, pid %d)", job.name, slot.label, job.process.pid)
+        assert unit.runner is not None
+        for job in unit.jobs:
+            self._record(
+                job,
+                status="running",
+                error=None,
+                return_value=None,
+                pid=unit.runner.pid,
+                started=job.started,
+                ended=None,
+            )
+        log.info("started  %s  (%s, pid %d)", unit.names, slot.label, unit.runner.pid)
         return True
 
-    def _spawn(self, job: Job, slot: Slot) -> None:
-        job.config = self._compose(job)
-        job.dir.mkdir(parents=True, exist_ok=True)
-        spool = job.dir.parent / ".launcher"
-        spool.mkdir(exist_ok=True)
-        job_file, result_file = spool / f"{job.name}.job.pkl", spool / f"{job.name}.result.pkl"
-        result_file.unlink(missing_ok=True)
-        import cloudpickle  # the task function is often defined in __main__: pickle it by value
-
-        with open(job_file, "wb") as file:
-            header = {"sys_path": [p or os.getcwd() for p in sys.path], "cores": slot.cores}
-            pickle.dump(header, file)
-            cloudpickle.dump(
-                {
-                    "task_function": self.task_function,
-                    "hydra_context": self.hydra_context,
-                    "config": job.config,
-                    "singletons": Singleton.get_state(),
-                },
-                file,
-            )
-        env = dict(os.environ)
-        if slot.devices:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(slot.devices)
+    def _spawn(self, unit: Unit, slot: Slot) -> None:
+        for job in unit.jobs:
+            if job.config is None:
+                job.config = self._compose(job)
+            job.dir.mkdir(parents=True, exist_ok=True)
+        work = {
+            "task_function": self.task_function,
+            "hydra_context": self.hydra_context,
+            "configs": [job.config for job in unit.jobs],
+            "singletons": Singleton.get_state(),
+        }
+        first = unit.jobs[0]
+        if len(unit.jobs) == 1 and self._own_process(first.config):
+            spool = self.sweep_dir / ".launcher"
+            unit.runner = FreshProcess(slot, work, spool, first.name, first.dir / "console.log")
         else:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot must not reach for a GPU
-        with open(job.dir / "console.log", "ab") as console:
-            # Own process group: Ctrl-C reaches only the launcher, which then stops every job
-            # (and the DDP ranks a job started) itself.
-            job.process = subprocess.Popen(
-                [sys.executable, str(CHILD), str(job_file), str(result_file)],
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        job.slot, job.started, job.result_file = slot, time.time(), result_file
+            worker = self._worker(slot)
+            worker.run({**work, "consoles": [str(job.dir / "console.log") for job in unit.jobs]})
+            unit.runner = worker
+        for job in unit.jobs:
+            job.slot, job.started = slot, time.time()
 
-    def _collect(self, job: Job) -> None:
-        """Read what an ended job left: its result, its metrics.json and its exit status."""
-        assert job.process is not None and job.result_file is not None
-        code = job.process.returncode
-        try:
-            with open(job.result_file, "rb") as file:
-                job.result = pickle.load(file)
-        except (OSError, EOFError, pickle.UnpicklingError):
-            job.result = {}
-        for spooled in (job.result_file, job.result_file.with_name(f"{job.name}.job.pkl")):
-            spooled.unlink(missing_ok=True)
+    def _worker(self, slot: Slot) -> Worker:
+        """The slot's worker; a new one when it has none, or its last one retired or died."""
+        worker = self.workers.get(slot.index)
+        if worker is None or not worker.alive:
+            if worker is not None:
+                worker.end(self.stop_timeout_s)
+            worker = self.workers[slot.index] = Worker(slot, self._preload())
+        return worker
+
+    def _preload(self) -> list[str]:
+        """What a worker imports before its first job: the task's module (torch, Lightning)."""
+        assert self.task_function is not None
+        name = self.task_function.__module__
+        if name == "__main__":  # `python -m src.train`: the module it runs as __main__
+            spec = getattr(sys.modules["__main__"], "__spec__", None)
+            name = spec.name if spec else None
+        return [name] if name else []
+
+    def _close_workers(self) -> None:
+        for worker in self.workers.values():  # all at once: their exits overlap
+            worker.close()
+        for worker in self.workers.values():
+            worker.end(self.stop_timeout_s)
+        self.workers.clear()
+
+    def _collect(self, unit: Unit) -> None:
+        """Read what an ended unit left: each job's result, its metrics.json, its exit status."""
+        assert unit.runner is not None
+        code, result = unit.runner.outcome()
+        members = result["members"] if result else [{} for _ in unit.jobs]
+        for job, outcome in zip(unit.jobs, members, strict=True):
+            self._collect_job(job, outcome, code, result or {}, unit.runner.pid)
+
+    def _collect_job(
+        self, job: Job, outcome: dict[str, Any], code: int, result: dict[str, Any], pid: int
+    ) -> None:
         if job.interrupted:
             reason = "stopped by the launcher (Ctrl-C or SIGTERM)"
         elif code < 0:
             signame = signal.Signals(-code).name
             reason = f"killed by {signame}" + (" (out of memory?)" if signame == "SIGKILL" else "")
-        elif not job.result:
+        elif not outcome:
             reason = f"exited with status {code} before reporting a result"
         else:
             reason = None
+        if not outcome and read_metrics(job.dir).get("status") == FINISHED:
+            # A fused group's member that finished before its process died.
+            value = read_metrics(job.dir).get(self.metric) if self.metric else None
+            outcome, reason = {"ok": True, "code": 0, "return_value": value}, None
         if reason:
             mark_dead(job.dir, reason)  # only a metrics.json still saying "running" changes
         metrics = read_metrics(job.dir)
         recorded = metrics.get("status", FINISHED)
+        exit_code = outcome.get("code", code)
         # A task can return normally from a run that did not finish (e.g. "diverged").
-        ok = bool(job.result.get("ok")) and code == 0 and recorded == FINISHED
+        ok = bool(outcome.get("ok")) and exit_code == 0 and recorded == FINISHED
         if ok:
             status, error = FINISHED, None
         elif job.interrupted:
             status, error = "interrupted", reason
         else:
             status = recorded if recorded not in (FINISHED, RUNNING) else "failed"
-            error = reason or job.result.get("error") or metrics.get("error")
+            error = reason or outcome.get("error") or metrics.get("error")
         self._record(
             job,
             status=status,
             error=error,
-            return_value=job.result.get("return_value") if ok else None,
-            exit_code=code,
-            pid=job.result.get("pid", job.process.pid),
+            return_value=outcome.get("return_value") if ok else None,
+            exit_code=exit_code,
+            pid=result.get("pid", pid),
             # What the job process itself saw, to check against `device`.
-            visible_devices=job.result.get("device"),
+            visible_devices=result.get("device"),
             ended=time.time(),
             wall_time_s=round(time.time() - job.started, 2),
         )
-        job.result.update(ok=ok, status=status, error=error)
+        job.result = {**outcome, "ok": ok, "status": status, "error": error}
         log.info(
             "%-8s %s  (%.0f s)%s",
             status,
@@ -346,44 +428,57 @@ class ParallelLauncher(Launcher):
                 todo.append(job)
                 self._record(job, status="pending", error=None, return_value=None)
 
+        gpus = resolve_devices(self.devices, self.accelerator)
+        units = self._units(list(todo), bool(gpus))
         try:
             slots = plan_slots(
-                resolve_devices(self.devices, self.accelerator),
+                gpus,
                 self.jobs_per_device,
                 self.devices_per_job,
                 self.cpu_jobs,
-                len(todo),
+                len(units),
                 usable_cores(),
             )
         except ValueError as err:  # settings that leave no slot to run on
             raise SweepJobFailed(f"cannot start the sweep: {err}") from None
-        if todo:
+        if units:
             log.info(
-                "launching %d jobs, %d at a time, into %s",
+                "launching %d jobs (%d processes), %d at a time, into %s",
                 len(todo),
+                len(units),
                 len(slots),
                 sweep_dir,
             )
+        waiting: deque[Unit] = deque(units)
         free, running = list(reversed(slots)), []
         # A scheduler's SIGTERM to the launcher stops the jobs the same way Ctrl-C does.
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            while todo or running:
-                while todo and free:
-                    job, slot = todo.popleft(), free.pop()
-                    if self._start(job, slot):
-                        running.append(job)
+            if units and self.devices_per_job == 1:
+                for slot in slots:  # all at once: their imports overlap
+                    self._worker(slot)
+            while waiting or running:
+                while waiting and free:
+                    unit, slot = waiting.popleft(), free.pop()
+                    if self._start(unit, slot):
+                        running.append(unit)
                     else:
                         free.append(slot)
-                time.sleep(POLL_S)
-                for job in [j for j in running if j.process.poll() is not None]:
-                    running.remove(job)
-                    self._collect(job)
-                    free.append(job.slot)
+                answers = [u.runner.outbox for u in running if isinstance(u.runner, Worker)]
+                if answers and len(answers) == len(running):
+                    wait(answers, timeout=POLL_S)
+                else:  # a fresh process says nothing until it ends
+                    time.sleep(POLL_S)
+                for unit in [u for u in running if u.runner.done()]:
+                    running.remove(unit)
+                    self._collect(unit)
+                    free.append(unit.jobs[0].slot)
         except KeyboardInterrupt as err:
-            # Every started job not yet collected: one may be between its start and `running`.
-            running = [j for j in jobs if j.process is not None and "status" not in j.result]
-            log.warning("%s: stopping %d running jobs", err or "Ctrl-C", len(running))
+            # Every started unit not yet collected: one may be between its start and `running`.
+            running = [
+                u for u in units if u.runner is not None and "status" not in u.jobs[0].result
+            ]
+            log.warning("%s: stopping %d running processes", err or "Ctrl-C", len(running))
             self._stop(running)
             log.warning(
                 "sweep stopped; finished jobs are kept. To run the rest: the same command with "
@@ -393,6 +488,7 @@ class ParallelLauncher(Launcher):
             raise SystemExit(130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
+            self._close_workers()
         failed = [job for job in jobs if not job.result.get("ok")]
         returns = [self._job_return(job, failed, len(jobs)) for job in jobs]
         spool = sweep_dir / ".launcher"
@@ -407,19 +503,21 @@ class ParallelLauncher(Launcher):
         )
         return returns
 
-    def _stop(self, running: list[Job]) -> None:
-        """SIGTERM every job's process group (the job and its DDP ranks), SIGKILL what stays."""
-        for job in running:
-            job.interrupted = True
-            _signal_group(job.process, signal.SIGTERM)
+    def _stop(self, running: list[Unit]) -> None:
+        """SIGTERM every unit's process group (its process and a job's DDP ranks), SIGKILL what
+        has not ended (or answered) after stop_timeout_s."""
+        for unit in running:
+            for job in unit.jobs:
+                job.interrupted = True
+            unit.runner.signal(signal.SIGTERM)
         deadline = time.time() + self.stop_timeout_s
-        while time.time() < deadline and any(j.process.poll() is None for j in running):
+        while time.time() < deadline and not all(u.runner.done() for u in running):
             time.sleep(POLL_S)
-        for job in running:
-            if job.process.poll() is None:
-                _signal_group(job.process, signal.SIGKILL)
-                job.process.wait()
-            self._collect(job)
+        for unit in running:
+            if not unit.runner.done():
+                unit.runner.signal(signal.SIGKILL)
+                unit.runner.process.wait()
+            self._collect(unit)
 
 
 def _sets_subdir(overrides: Sequence[str]) -> bool:
@@ -428,10 +526,3 @@ def _sets_subdir(overrides: Sequence[str]) -> bool:
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
-
-
-def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

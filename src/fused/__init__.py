@@ -53,13 +53,29 @@ def _flat(value, prefix: str = "") -> dict:
 
 
 def _resolved(cfg: DictConfig) -> dict:
+    """The config as plain values, each interpolation resolved where it can be: ${hydra:...}
+    needs a Hydra context, which a launcher composing many jobs may not have set (those values
+    say where a job writes, which members may differ in anyway)."""
     data = OmegaConf.to_container(cfg, resolve=False)
     data.pop("hydra", None)
-    try:  # resolve what can be: ${hydra:...} needs a Hydra context, which may be missing
-        cleaned = OmegaConf.create(data)
-        return OmegaConf.to_container(cleaned, resolve=True)
-    except Exception:
-        return data
+    node = OmegaConf.create(data)
+
+    def resolve(value, path: str):
+        if isinstance(value, dict):
+            return {k: resolve(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+            try:
+                found = OmegaConf.select(node, path)
+            except Exception:
+                return value
+            return (
+                OmegaConf.to_container(found, resolve=True) if OmegaConf.is_config(found) else found
+            )
+        return value
+
+    return resolve(data, "")
 
 
 def why_alone(cfg: DictConfig) -> str | None:
@@ -158,7 +174,7 @@ def train_group(cfgs: list[DictConfig], out_dirs: list[Path]) -> list[dict]:
 def _train_alone(member) -> dict:
     """A job outside any group: src.train.train in its own Hydra context. Its own failure is
     recorded in its metrics.json by train and does not stop the others."""
-    from src.run import find_user_error
+    from src.errors import find_user_error
     from src.train import train
 
     with member.context():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import signal
@@ -45,7 +46,8 @@ from src.files import write_text
 from src.fused.net import FusedConvNet, MemberRandom, fuse_inputs
 from src.models.convnet import count_parameters, layer_summary
 from src.recovery import AtomicCheckpointIO, record_failure
-from src.run import RunRecord, set_threads
+from src.run_folder import RunRecord
+from src.threads import set_threads
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
@@ -60,9 +62,11 @@ def hydra_node(cfg: DictConfig, out_dir: Path) -> DictConfig:
     elif HydraConfig.initialized() and not saved.is_file():
         node = OmegaConf.create({"hydra": copy.deepcopy(HydraConfig.get())})
     elif saved.is_file():
-        node = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
-        OmegaConf.set_struct(node, False)  # Hydra's saved node holds keys its schema lacks
-        node = OmegaConf.merge(node, OmegaConf.load(saved))
+        # Hydra's saved node holds keys its schema lacks (`env`): keep the schema's own.
+        known = {field.name for field in dataclasses.fields(HydraConf)}
+        loaded = OmegaConf.to_container(OmegaConf.load(saved).hydra, resolve=False)
+        kept = {key: value for key, value in loaded.items() if key in known}
+        node = OmegaConf.create({"hydra": OmegaConf.merge(OmegaConf.structured(HydraConf), kept)})
     else:
         return None
     OmegaConf.set_readonly(node.hydra, False)  # HydraConfig.set_config made it read-only

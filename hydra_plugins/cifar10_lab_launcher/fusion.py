@@ -1,0 +1,126 @@
+"""Which of a sweep's jobs train as one fused model (src.fused), and the line that says so.
+
+Jobs whose composed configs have the same `src.fused.fusion_key` build the same network shape
+and differ only in what a member may hold for itself (seed, optimizer and scheduler settings,
+label smoothing): they form one group, split into near-equal groups of at most `max_fused`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.fused import FUSABLE
+
+FUSE_CHOICES = ("auto", "off")
+# Members per group unless hydra.launcher.max_fused says otherwise. CPU: K separate tutorial nets
+# against K fused (grouped convolutions, batch 4, ../shared/docs/fused-notes.md) gained 2.09x at
+# K=8 and 1.99x at K=16 with 2 threads, 1.96x and 3.19x with one thread (the launcher's default
+# slot is one core): 16 is never much worse and often far better. GPU: 16 until the GPU check
+# measures it (a tiny net leaves a GPU mostly idle, so more may pay).
+MAX_FUSED = {"cpu": 16, "gpu": 16}
+
+
+def plan(keys: Sequence[str | None], max_fused: int) -> list[list[int]]:
+    """Job indices grouped by equal key (None: never fused), in the order the jobs came, each
+    key's jobs split into near-equal groups of at most `max_fused`."""
+    if max_fused < 1:
+        raise ValueError(f"hydra.launcher.max_fused must be at least 1, got {max_fused}")
+    by_key: dict[str, list[int]] = {}
+    order: list[list[int]] = []
+    for i, key in enumerate(keys):
+        if key is None:
+            order.append([i])
+        elif key in by_key:
+            by_key[key].append(i)
+        else:
+            by_key[key] = [i]
+            order.append(by_key[key])
+    groups = []
+    for members in order:
+        parts = math.ceil(len(members) / max_fused)
+        size, extra = divmod(len(members), parts)
+        start = 0
+        for p in range(parts):
+            end = start + size + (p < extra)
+            groups.append(members[start:end])
+            start = end
+    return groups
+
+
+def flat(cfg: DictConfig) -> dict[str, Any]:
+    """The config's leaves by dotted key, unresolved: a value that follows the seed or the run
+    folder (`${seed}`, `${paths.output_dir}`) is the same text in every job, so two jobs differ
+    exactly where their settings do."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{prefix}{i}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def fusable(key: str, fusable_keys: Sequence[str] = FUSABLE) -> bool:
+    """A member may hold this key for itself (a FUSABLE key or a key under a FUSABLE prefix)."""
+    return key.startswith("paths.") or any(
+        key.startswith(p) if p.endswith(".") else key == p or key.startswith(f"{p}.")
+        for p in fusable_keys
+    )
+
+
+def differing(a: dict[str, Any], b: dict[str, Any], fusable_keys: Sequence[str]) -> list[str]:
+    """The keys whose values keep two jobs apart."""
+    return [
+        k
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k) and not fusable(k, fusable_keys)
+    ]
+
+
+def describe(
+    groups: list[list[int]],
+    names: Sequence[str],
+    flats: Sequence[dict[str, Any] | None],
+    max_fused: int,
+    fusable_keys: Sequence[str] = FUSABLE,
+) -> list[str]:
+    """One line per group: its jobs, and why it is not part of an earlier group (the keys that
+    differ from the nearest one, or the max_fused cap)."""
+    lines = []
+    for g, members in enumerate(groups):
+        jobs = ", ".join(names[i] for i in members)
+        line = (
+            f"group {g + 1}/{len(groups)}: fused {len(members)} jobs ({jobs})"
+            if len(members) > 1
+            else f"group {g + 1}/{len(groups)}: {jobs} alone"
+        )
+        first = flats[members[0]]
+        if g and first is not None:
+            reasons = [
+                differing(first, flats[h[0]], fusable_keys)
+                for h in groups[:g]
+                if flats[h[0]] is not None
+            ]
+            nearest = min(reasons, key=len) if reasons else None
+            if nearest == []:
+                line += f"; apart from the others by hydra.launcher.max_fused={max_fused}"
+            elif nearest:
+                shown = ", ".join(nearest[:3]) + (
+                    f" (+{len(nearest) - 3} more)" * (len(nearest) > 3)
+                )
+                line += f"; apart from the others by {shown}"
+        elif first is None:
+            line += "; runs in a process of its own (DDP)"
+        lines.append(line)
+    return lines
