@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra.errors import CompactHydraException
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -35,29 +34,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import fusion, naming
 from .pool import FreshProcess, Runner, Worker
 from .slots import Slot, plan_slots, resolve_devices, usable_cores
-from .summary import FINISHED, RUNNING, Summary, left_unfinished, mark_dead, read_metrics
+from .summary import (
+    FINISHED,
+    RUNNING,
+    Summary,
+    SweepJobFailed,
+    job_return,
+    left_unfinished,
+    mark_dead,
+    read_metrics,
+)
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
-
-
-class SweepJobFailed(CompactHydraException):
-    """A job of the sweep did not finish (the others ran on), or the sweep cannot start; Hydra
-    prints this one line, no traceback."""
-
-
-class FailedJobReturn(JobReturn):
-    """A failed job's return: raises SweepJobFailed when read, without the "Error executing job
-    with overrides" line Hydra's JobReturn writes first (SweepJobFailed already names the job)."""
-
-    @property
-    def return_value(self) -> Any:
-        raise self._return_value
-
-    @return_value.setter
-    def return_value(self, value: Any) -> None:
-        self._return_value = value
 
 
 @dataclass
@@ -375,26 +365,19 @@ class ParallelLauncher(Launcher):
         )
 
     def _job_return(self, job: Job, failed: list[Job], total: int) -> JobReturn:
-        ret = (JobReturn if job.result.get("ok") else FailedJobReturn)(
+        assert self.summary is not None
+        return job_return(
+            job.name,
+            job.result,
+            [j.name for j in failed],
+            total,
+            self.summary.path,
             overrides=job.overrides,
             cfg=job.config,
             working_dir=str(job.dir),
             task_name=job.config.hydra.job.name if job.config is not None else None,
             hydra_cfg=job.config.hydra if job.config is not None else None,
         )
-        if job.result.get("ok"):
-            ret.status = JobStatus.COMPLETED
-            ret.return_value = job.result.get("return_value")
-        else:
-            assert self.summary is not None
-            ret.status = JobStatus.FAILED
-            ret.return_value = SweepJobFailed(
-                f"{len(failed)} of {total} sweep jobs did not finish "
-                f"({', '.join(j.name for j in failed)}); {job.name} "
-                f"{job.result.get('status', 'failed')}: {job.result.get('error')}. The other jobs "
-                f"ran on; every job's status is in {self.summary.path}"
-            )
-        return ret
 
     def _finished_before(self, job: Job) -> bool:
         """A relaunch: the job's folder already holds a finished run; reuse its result."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as SubmititSlurmLauncher,
@@ -42,8 +42,15 @@ from src.errors import ConfigError
 
 from . import naming
 from .child import run_task
-from .parallel_launcher import SweepJobFailed
-from .summary import FINISHED, RUNNING, Summary, left_unfinished, mark_dead, read_metrics
+from .summary import (
+    FINISHED,
+    RUNNING,
+    Summary,
+    job_return,
+    left_unfinished,
+    mark_dead,
+    read_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -305,20 +312,16 @@ class SlurmLauncher(SubmititSlurmLauncher):
         )
 
     def _job_return(self, job: Job, failed: list, total: int) -> JobReturn:
-        ret = JobReturn(overrides=job.overrides, working_dir=str(job.dir))
-        if job.result.get("ok"):
-            ret.status = JobStatus.COMPLETED
-            ret.return_value = job.result.get("return_value")
-        else:
-            assert self.summary is not None
-            ret.status = JobStatus.FAILED
-            ret.return_value = SweepJobFailed(
-                f"{len(failed)} of {total} sweep jobs did not finish "
-                f"({', '.join(j.name for j in failed)}); {job.name} "
-                f"{job.result.get('status', 'failed')}: {job.result.get('error')}. The other jobs "
-                f"ran on; every job's status is in {self.summary.path}"
-            )
-        return ret
+        assert self.summary is not None
+        return job_return(
+            job.name,
+            job.result,
+            [j.name for j in failed],
+            total,
+            self.summary.path,
+            overrides=job.overrides,
+            working_dir=str(job.dir),
+        )
 
 
 def partition_nodes(partition: str | None) -> Nodes:

@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+
 from src.files import write_json
 
 FINISHED = "finished"
@@ -73,3 +76,41 @@ class Summary:
         self.data["counts"] = counts
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json(self.path, self.data)
+
+
+class SweepJobFailed(CompactHydraException):
+    """A job of the sweep did not finish (the others ran on), or the sweep cannot start; Hydra
+    prints this one line, no traceback."""
+
+
+class FailedJobReturn(JobReturn):
+    """A failed job's return: raises SweepJobFailed when read, without the "Error executing job
+    with overrides" line Hydra's JobReturn writes first (SweepJobFailed already names the job)."""
+
+    @property
+    def return_value(self) -> Any:
+        raise self._return_value
+
+    @return_value.setter
+    def return_value(self, value: Any) -> None:
+        self._return_value = value
+
+
+def job_return(
+    name: str, result: dict, failed: list[str], total: int, summary: Path, **fields: Any
+) -> JobReturn:
+    """What a launcher hands Hydra for one job: its return value, or, for a job that did not
+    finish, a SweepJobFailed naming every such job and where each job's status is."""
+    if result.get("ok"):
+        ret = JobReturn(**fields)
+        ret.status = JobStatus.COMPLETED
+        ret.return_value = result.get("return_value")
+        return ret
+    ret = FailedJobReturn(**fields)
+    ret.status = JobStatus.FAILED
+    ret.return_value = SweepJobFailed(
+        f"{len(failed)} of {total} sweep jobs did not finish ({', '.join(failed)}); {name} "
+        f"{result.get('status', 'failed')}: {result.get('error')}. The other jobs ran on; every "
+        f"job's status is in {summary}"
+    )
+    return ret
