@@ -12,15 +12,17 @@ results/bench/fused.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from src.cli import ToolParser, run_tool
+from src.files import write_json
 from src.fused.net import FusedConvNet, fuse_inputs
 from src.models import ConvNet
 
@@ -83,14 +85,10 @@ def fused(k: int, steps: int) -> float:
     return clock(step, steps)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ks", nargs="*", type=int, default=[1, 4, 8, 16])
-    parser.add_argument("--steps", type=int, default=200)
-    args = parser.parse_args()
+def measure(ks: list[int], steps: int, out: Path) -> None:
     rows = {}
-    for k in args.ks:
-        alone, together = separate(k, args.steps), fused(k, args.steps)
+    for k in ks:
+        alone, together = separate(k, steps), fused(k, steps)
         rows[k] = {
             "separate_ms_per_step_per_member": round(alone / k, 3),
             "fused_ms_per_step_per_member": round(together / k, 3),
@@ -103,16 +101,24 @@ def main() -> None:
         )
     result = {
         "batch": BATCH,
-        "steps": args.steps,
+        "steps": steps,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "k": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(json.dumps(result))
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = ToolParser("python -m benchmarks.fused", __doc__.split("\n")[0])
+    parser.add_argument("ks", nargs="*", type=int, default=[1, 4, 8, 16], metavar="K")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write (JSON)")
+    args = parser.parse_args(argv)
+    return run_tool(lambda: measure(args.ks, args.steps, args.out))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

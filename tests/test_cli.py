@@ -16,6 +16,7 @@ TOOLS = [
     "benchmarks.sweep_launcher",
     "benchmarks.gpu",
     "benchmarks.gpu_check",
+    "benchmarks.fused",
 ]
 
 

@@ -18,6 +18,7 @@ from omegaconf import open_dict
 
 from hydra_plugins.cifar10_lab_launcher import fusion
 from hydra_plugins.cifar10_lab_launcher.parallel_launcher import Job, ParallelLauncher
+from src.fused import fusion_key
 from tests.conftest import compose_config, run_cli
 from tests.test_sweeps import summary, sweep_args
 
@@ -71,7 +72,7 @@ def test_seeds_and_learning_rates_fuse_widths_and_batch_sizes_do_not(tmp_path):
         with open_dict(cfg):
             del cfg["hydra"]
         tasks.append(cfg)
-    keys = [fusion.fusion_key(cfg) for cfg in tasks]
+    keys = [fusion_key(cfg) for cfg in tasks]
     groups = fusion.plan(keys, max_fused=16)
     assert groups == [[0, 1, 4], [2], [3]]
     lines = fusion.describe(groups, list(jobs), [fusion.flat(c) for c in tasks], 16, FUSABLE)

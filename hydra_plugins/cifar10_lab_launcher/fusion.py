@@ -16,11 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from src.fused import FUSABLE
 
 FUSE_CHOICES = ("auto", "off")
-# Members per group unless hydra.launcher.max_fused says otherwise. CPU: K separate tutorial nets
-# against K fused (grouped convolutions, batch 4, ../shared/docs/fused-notes.md) gained 2.09x at
-# K=8 and 1.99x at K=16 with 2 threads, 1.96x and 3.19x with one thread (the launcher's default
-# slot is one core): 16 is never much worse and often far better. GPU: 16 until the GPU check
-# measures it (a tiny net leaves a GPU mostly idle, so more may pay).
+# Members per group unless hydra.launcher.max_fused says otherwise. CPU: the gain of fusing K
+# tutorial nets at batch 4 levels off from K=8 on (docs/fused.md, "Speed"), so 16 costs nothing
+# and halves the groups. GPU: 16 until the GPU check measures it (a tiny net leaves a GPU mostly
+# idle, so more may pay).
 MAX_FUSED = {"cpu": 16, "gpu": 16}
 
 

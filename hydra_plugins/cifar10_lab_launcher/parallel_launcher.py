@@ -31,6 +31,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.fused import fusion_key
+
 from . import fusion, naming
 from .pool import FreshProcess, Runner, Worker
 from .slots import Slot, plan_slots, resolve_devices, usable_cores
@@ -187,7 +189,7 @@ class ParallelLauncher(Launcher):
             job.config = self._compose(job)
             fusable = not self._own_process(job.config)
             task = self._fusion_view(job.config) if fusable else None
-            keys.append(fusion.fusion_key(task) if fusable else None)
+            keys.append(fusion_key(task) if fusable else None)
             flats.append(fusion.flat(task) if fusable else None)
         try:
             groups = fusion.plan(keys, int(max_fused))
