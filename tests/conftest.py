@@ -10,6 +10,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -31,6 +32,12 @@ from src.resolvers import register_resolvers
 # What the entry points do first: tests compose and resolve configs without going through them.
 register_resolvers()
 quiet_library_noise()
+
+# A shell starts background jobs with SIGINT ignored, and so would every process they start: the
+# Ctrl-C tests need Python's own handler here and in the commands they run (which get SIGINT's
+# default back at exec once this process handles it).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

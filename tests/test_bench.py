@@ -51,6 +51,7 @@ def run_bench(tmp_path, data: list[str], sections: str) -> tuple[dict, str]:
     return json.loads(out.with_suffix(".json").read_text()), table
 
 
+@pytest.mark.slow
 def test_in_process_sections_run_and_write_json_and_markdown(bench_data, tmp_path):
     data, table = run_bench(tmp_path, bench_data, IN_PROCESS)
     sections = data["sections"]
@@ -109,6 +110,7 @@ def test_unknown_section_fails_with_one_clear_line(tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_seeds_loop_runs_its_epochs_per_seed_and_resumes(bench_data, tmp_path, capsys):
     from benchmarks import seeds_loop
 

@@ -23,7 +23,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 HYDRA_TOOLS = {"src.train": "train", "src.eval": "eval", "src.predict": "predict"}
 # The local data copy's overrides, as the docs' $DATA stands for them.
 DATA = "data.source=folder data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg"
-MAX_JOBS = 12  # sweep jobs composed per command (the first ones; they share every other key)
+MAX_JOBS = 4  # sweep jobs composed per command (the first ones; they share every other key)
 
 
 def shown_commands(path: Path) -> list[str]:

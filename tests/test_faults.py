@@ -84,6 +84,7 @@ def assert_same_result(run: Path, reference: Path) -> None:
     assert all(torch.equal(final[name], uninterrupted[name]) for name in uninterrupted)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(resume_setup, tmp_path):
     overrides, reference = resume_setup
     run = [*overrides, f"hydra.run.dir={tmp_path / 'run'}"]

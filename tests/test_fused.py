@@ -117,6 +117,7 @@ def test_each_member_folder_is_a_single_runs_folder(folder_data, tmp_path):
     reason="unfinished (fused-core): the resumed members step past the schedule's end; the "
     "patched kill in the third epoch is not reached as expected, not yet understood",
 )
+@pytest.mark.slow
 def test_a_killed_group_resumes_each_member_from_its_last_checkpoint(folder_data, tmp_path):
     members = [["seed=1"], ["seed=2", "optimizer.lr=0.03"]]
     whole = [tmp_path / "whole" / str(i) for i in range(2)]

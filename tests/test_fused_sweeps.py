@@ -103,6 +103,7 @@ def stand_in_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(folder)}
 
 
+@pytest.mark.slow
 def test_a_fused_sweep_groups_runs_each_group_in_a_worker_and_survives_a_crash(
     folder_data, tmp_path
 ):
@@ -153,6 +154,7 @@ def test_a_fused_sweep_groups_runs_each_group_in_a_worker_and_survives_a_crash(
     assert again["c1=4,seed=2"]["pid"] != jobs["c1=4,seed=2"]["pid"]
 
 
+@pytest.mark.slow
 def test_a_failed_job_retires_its_worker_and_the_next_job_gets_a_new_one(folder_data, tmp_path):
     args = sweep_args(
         tmp_path,

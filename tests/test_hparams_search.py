@@ -128,6 +128,7 @@ def optuna_dashboard_get(journal: Path, path: str) -> dict:
     return json.loads(body)
 
 
+@pytest.mark.slow
 def test_trials_run_in_parallel_and_a_failed_one_does_not_stop_the_search(folder_data, tmp_path):
     # The grid makes the two trials depth 2 (fits) and depth 6 (kernel 7 does not fit: fails).
     args = sweep_args(
@@ -252,6 +253,7 @@ def test_a_search_space_optuna_cannot_sample_is_one_line(value, message):
         search_space({"optimizer.lr": value}, [])
 
 
+@pytest.mark.slow
 def test_bad_search_settings_fail_in_one_line_before_any_trial(folder_data, tmp_path):
     result = run_cli(
         "src.train", *sweep_args(tmp_path, folder_data, *BASIC, "optimizer.lr=interval(0.3,0.1)")

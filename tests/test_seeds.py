@@ -242,6 +242,7 @@ def test_no_validation_tests_the_final_weights(folder_data, tmp_path):
     assert metrics["epochs"] == 2 and metrics["best_checkpoint"].endswith("final.ckpt")
 
 
+@pytest.mark.slow
 def test_cli_runs_an_experiment_by_name_and_prints_the_layers(folder_data, tmp_path):
     result = run_cli(
         "src.train",

@@ -124,6 +124,7 @@ def test_a_request_the_cluster_cannot_meet_is_one_line(slurm, folder_data, tmp_p
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_a_ddp_job_gets_its_ranks_from_slurm(slurm, folder_data, tmp_path):
     args = slurm_args(
         tmp_path,

@@ -40,6 +40,7 @@ def most_at_once(jobs: list[dict]) -> int:
     return max(sum(j["started"] <= job["started"] < j["ended"] for j in jobs) for job in jobs)
 
 
+@pytest.mark.slow
 def test_four_jobs_on_two_fake_gpus_run_two_at_a_time(folder_data, tmp_path):
     args = sweep_args(
         tmp_path, folder_data, "model.c1=2,4", "seed=1,2", "hydra.launcher.devices=[7,9]"
