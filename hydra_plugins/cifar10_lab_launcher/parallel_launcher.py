@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -355,12 +355,8 @@ class ParallelLauncher(Launcher):
     def _record(self, job: Job, **fields: Any) -> None:
         assert self.summary is not None
         slot = job.slot
-        self.summary.update(
-            job.name,
-            num=job.num,
-            dir=job.name,
-            params=job.params,
-            overrides=filter_overrides(job.overrides),
+        self.summary.record(
+            job,
             device=",".join(slot.devices) if slot and slot.devices else None,
             cores=list(slot.cores) if slot else None,
             **fields,
@@ -382,15 +378,8 @@ class ParallelLauncher(Launcher):
         )
 
     def _finished_before(self, job: Job) -> bool:
-        """A relaunch: the job's folder already holds a finished run; reuse its result."""
-        metrics = read_metrics(job.dir)
-        if not (self.skip_finished and metrics.get("status") == FINISHED):
-            return False
-        value = metrics.get(self.metric) if self.metric else None
-        job.result = {"ok": True, "status": FINISHED, "return_value": value}
-        self._record(job, status=FINISHED, error=None, return_value=value, skipped=True)
-        log.info("skipped  %s  (finished in an earlier launch; returned %s)", job.name, value)
-        return True
+        assert self.summary is not None
+        return self.skip_finished and self.summary.reuse_finished(job, self.metric)
 
     # -- the sweep ------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as SubmititSlurmLauncher,
@@ -290,26 +290,12 @@ class SlurmLauncher(SubmititSlurmLauncher):
         )
 
     def _finished_before(self, job: Job) -> bool:
-        """A relaunch: the job's folder already holds a finished run; reuse its result."""
-        metrics = read_metrics(job.dir)
-        if not (self.skip_finished and metrics.get("status") == FINISHED):
-            return False
-        value = metrics.get(self.metric) if self.metric else None
-        job.result = {"ok": True, "status": FINISHED, "return_value": value}
-        self._record(job, status=FINISHED, error=None, return_value=value, skipped=True)
-        log.info("skipped  %s  (finished in an earlier launch; returned %s)", job.name, value)
-        return True
+        assert self.summary is not None
+        return self.skip_finished and self.summary.reuse_finished(job, self.metric)
 
     def _record(self, job: Job, **fields: Any) -> None:
         assert self.summary is not None
-        self.summary.update(
-            job.name,
-            num=job.num,
-            dir=job.name,
-            params=job.params,
-            overrides=filter_overrides(job.overrides),
-            **fields,
-        )
+        self.summary.record(job, **fields)
 
     def _job_return(self, job: Job, failed: list, total: int) -> JobReturn:
         assert self.summary is not None

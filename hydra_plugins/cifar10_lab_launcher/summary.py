@@ -9,14 +9,17 @@ without saying so (killed, out of memory) as failed.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
 
 from src.files import write_json
+
+log = logging.getLogger(__name__)
 
 FINISHED = "finished"
 # A process that dies without a word leaves its metrics.json saying this.
@@ -67,6 +70,29 @@ class Summary:
         job = self.data["jobs"].setdefault(name, {})
         job.update(fields)
         self.save()
+
+    def record(self, job: Any, **fields: Any) -> None:
+        """Update a launcher's job (num, name, params, overrides, dir: both launchers' Job)."""
+        self.update(
+            job.name,
+            num=job.num,
+            dir=job.name,
+            params=job.params,
+            overrides=filter_overrides(job.overrides),
+            **fields,
+        )
+
+    def reuse_finished(self, job: Any, metric: str | None) -> bool:
+        """A relaunch: when the job's folder already holds a finished run, its result (`metric`
+        of its metrics.json) becomes the job's and the job is recorded as skipped."""
+        metrics = read_metrics(job.dir)
+        if metrics.get("status") != FINISHED:
+            return False
+        value = metrics.get(metric) if metric else None
+        job.result = {"ok": True, "status": FINISHED, "return_value": value}
+        self.record(job, status=FINISHED, error=None, return_value=value, skipped=True)
+        log.info("skipped  %s  (finished in an earlier launch; returned %s)", job.name, value)
+        return True
 
     def save(self) -> None:
         jobs = self.data["jobs"].values()
