@@ -51,7 +51,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "reproduce.json"
 DOC = ROOT / "docs" / "reproducing.md"
 README = ROOT / "README.md"
-FIGURES_DIR = ROOT / "docs"
 RUNS = ROOT / "outputs" / "reproduce"
 START, END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 PER_CLASS = ("<!-- per-class:start -->", "<!-- per-class:end -->")

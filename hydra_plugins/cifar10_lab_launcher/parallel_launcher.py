@@ -463,19 +463,11 @@ class ParallelLauncher(Launcher):
         finally:
             signal.signal(signal.SIGTERM, previous)
             self._close_workers()
-        failed = [job for job in jobs if not job.result.get("ok")]
-        returns = [self._job_return(job, failed, len(jobs)) for job in jobs]
         spool = sweep_dir / ".launcher"
         if spool.is_dir() and not any(spool.iterdir()):
             spool.rmdir()
-        log.info(
-            "%d of %d jobs finished%s; summary: %s",
-            len(jobs) - len(failed),
-            len(jobs),
-            f", {len(failed)} did not ({', '.join(j.name for j in failed)})" if failed else "",
-            self.summary.path,
-        )
-        return returns
+        failed = self.summary.report_end(jobs)
+        return [self._job_return(job, failed, len(jobs)) for job in jobs]
 
     def _stop(self, running: list[Unit]) -> None:
         """SIGTERM every unit's process group (its process and a job's DDP ranks), SIGKILL what

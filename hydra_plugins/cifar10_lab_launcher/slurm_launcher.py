@@ -203,14 +203,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
                     sweep_dir,
                 )
                 raise SystemExit(130) from None
-        failed = [job for job in jobs if not job.result.get("ok")]
-        log.info(
-            "%d of %d jobs finished%s; summary: %s",
-            len(jobs) - len(failed),
-            len(jobs),
-            f", {len(failed)} did not ({', '.join(j.name for j in failed)})" if failed else "",
-            self.summary.path,
-        )
+        failed = self.summary.report_end(jobs)
         return [self._job_return(job, failed, len(jobs)) for job in jobs]
 
     def executor(self) -> Any:

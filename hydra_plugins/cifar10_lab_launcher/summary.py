@@ -82,6 +82,19 @@ class Summary:
             **fields,
         )
 
+    def report_end(self, jobs: list[Any]) -> list[Any]:
+        """Log the sweep's closing line (how many jobs finished, which did not, where the summary
+        is) and return the jobs that did not finish."""
+        failed = [job for job in jobs if not job.result.get("ok")]
+        log.info(
+            "%d of %d jobs finished%s; summary: %s",
+            len(jobs) - len(failed),
+            len(jobs),
+            f", {len(failed)} did not ({', '.join(j.name for j in failed)})" if failed else "",
+            self.path,
+        )
+        return failed
+
     def reuse_finished(self, job: Any, metric: str | None) -> bool:
         """A relaunch: when the job's folder already holds a finished run, its result (`metric`
         of its metrics.json) becomes the job's and the job is recorded as skipped."""
