@@ -240,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides="train overrides for every run, e.g. data.root=PATH",
     )
     parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="only these of each row's seeds (e.g. --seeds 0: one run per row first)",
+    )
     parser.add_argument("--table-only", action="store_true", help="rewrite the record, run nothing")
     parser.add_argument("--no-probes", action="store_true", help="skip the timing probes")
     parser.add_argument("--rerun", action="store_true", help="repeat runs already recorded")
@@ -278,7 +285,10 @@ def run_all(args: argparse.Namespace, results: list[dict]) -> int:
     for row in ROWS:
         if args.only and row.experiment not in args.only:
             continue
-        jobs = [(seed, False) for seed in row.seeds] or ([] if args.no_probes else [(0, True)])
+        seeds = [seed for seed in row.seeds if args.seeds is None or seed in args.seeds]
+        jobs = [(seed, False) for seed in seeds]
+        if not row.seeds and not args.no_probes:
+            jobs = [(0, True)]
         for seed, probe in jobs:
             kind = "probe" if probe else "run"
             done = any(
