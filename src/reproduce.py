@@ -141,12 +141,24 @@ def exclusive(lock: str | None) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
-def run_one(row: Row, seed: int, probe: bool, overrides: list[str], lock: str | None) -> dict:
+def continues(run_dir: Path, rerun: bool) -> bool:
+    """Whether a run goes on from its folder's last checkpoint: a stopped run does, and so does a
+    finished one whose record was lost (it is only tested again); --rerun repeats a finished run."""
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return False
+    metrics = run_dir / "metrics.json"
+    finished = metrics.is_file() and json.loads(metrics.read_text()).get("status") == "finished"
+    return not (rerun and finished)
+
+
+def run_one(
+    row: Row, seed: int, probe: bool, overrides: list[str], lock: str | None, rerun: bool = False
+) -> dict:
     """Train one run in a child process under the lock; returns its record for the results.
 
     A run stopped earlier (killed, SIGTERM, Ctrl-C) continues from its last checkpoint."""
     run_dir = RUNS / row.slug / ("probe" if probe else f"seed{seed}")
-    resume = not probe and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resume = not probe and continues(run_dir, rerun)
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
     cfg = recipe(row, overrides)
@@ -301,7 +313,7 @@ def run_all(args: argparse.Namespace, results: list[dict]) -> int:
         what = "timing probe" if probe else f"seed {seed}"
         log.info("[%d/%d] %s, %s", i, len(todo), row.key, what)
         try:
-            record = run_one(row, seed, probe, args.overrides, args.lock)
+            record = run_one(row, seed, probe, args.overrides, args.lock, args.rerun)
         except RuntimeError as err:
             log.error("%s", err)
             failed += 1

@@ -198,6 +198,18 @@ def test_reproduce_records_resumes_and_never_repeats(folder_data, tmp_path, monk
     assert resumed["resumed_from"].endswith("last.ckpt")
 
 
+def test_a_stopped_run_continues_and_rerun_repeats_a_finished_one(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    assert not reproduce.continues(tmp_path, rerun=False)  # no checkpoint: start
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (tmp_path / "metrics.json").write_text('{"status": "running"}')
+    assert reproduce.continues(tmp_path, rerun=False)
+    assert reproduce.continues(tmp_path, rerun=True)  # stopped during a rerun: go on
+    (tmp_path / "metrics.json").write_text('{"status": "finished"}')
+    assert reproduce.continues(tmp_path, rerun=False)  # its record was lost: only tested again
+    assert not reproduce.continues(tmp_path, rerun=True)
+
+
 def test_reproduce_rejects_an_unknown_experiment(capsys):
     assert reproduce.main(["--only", "seed999", "--table-only"]) == 2
     assert "unknown experiment(s) ['seed999']" in capsys.readouterr().err
