@@ -18,7 +18,7 @@ from omegaconf import open_dict
 
 from hydra_plugins.cifar10_lab_launcher import fusion
 from hydra_plugins.cifar10_lab_launcher.parallel_launcher import Job, ParallelLauncher
-from src.fused import fusion_key
+from src.fused import fusion_key, why_alone
 from tests.conftest import compose_config, run_cli
 from tests.test_sweeps import summary, sweep_args
 
@@ -65,6 +65,7 @@ def test_seeds_and_learning_rates_fuse_widths_and_batch_sizes_do_not(tmp_path):
         "c1=12": ["model.c1=12"],
         "batch_size=16": ["data.batch_size=16"],
         "seed=3": ["seed=3", "optimizer.momentum=0.5"],
+        "seed=4,compile": ["seed=4", "model.compile=true"],
     }
     tasks = []
     for i, overrides in enumerate(jobs.values()):
@@ -74,18 +75,32 @@ def test_seeds_and_learning_rates_fuse_widths_and_batch_sizes_do_not(tmp_path):
         tasks.append(cfg)
     keys = [fusion_key(cfg) for cfg in tasks]
     groups = fusion.plan(keys, max_fused=16)
-    assert groups == [[0, 1, 4], [2], [3]]
-    lines = fusion.describe(groups, list(jobs), [fusion.flat(c) for c in tasks], 16, FUSABLE)
-    assert lines[0] == "group 1/3: fused 3 jobs (seed=1,lr=0.01, seed=2,lr=0.05, seed=3)"
-    assert lines[1].startswith("group 2/3: c1=12 alone; apart from the others by model.c1")
-    assert lines[2].startswith("group 3/3: batch_size=16 alone; apart from the others by data.b")
+    assert groups == [[0, 1, 4], [2], [3], [5]]
+    flats, why = [fusion.flat(c) for c in tasks], [why_alone(c) for c in tasks]
+    lines = fusion.describe(groups, list(jobs), flats, 16, FUSABLE, why_alone=why)
+    assert lines[0] == "group 1/4: fused 3 jobs (seed=1,lr=0.01, seed=2,lr=0.05, seed=3)"
+    assert lines[1].startswith("group 2/4: c1=12 alone; apart from the others by model.c1")
+    assert lines[2].startswith("group 3/4: batch_size=16 alone; apart from the others by data.b")
     assert "data.batch_size" in lines[2]
+    assert lines[3] == "group 4/4: seed=4,compile alone: never fused (model.compile)"
     # max_fused caps a group: the same key's jobs split into near-equal groups.
     assert fusion.plan(["a"] * 5 + ["b"], max_fused=2) == [[0, 1], [2, 3], [4], [5]]
     capped = fusion.describe([[0, 1], [2]], ["s1", "s2", "s3"], [{}, {}, {}], 2, FUSABLE)
     assert capped[1] == "group 2/2: s3 alone; apart from the others by hydra.launcher.max_fused=2"
     with pytest.raises(ValueError, match="max_fused must be at least 1"):
         fusion.plan(["a"], max_fused=0)
+
+
+@pytest.mark.parametrize("experiment", ["seed000_tutorial", "seed004_lenet3", "seed003_bn6"])
+def test_a_studys_seeds_and_learning_rates_fuse(experiment, tmp_path):
+    tasks = []
+    for i, own in enumerate([["seed=1"], ["seed=2", "optimizer.lr=0.01"]]):
+        cfg = compose_config("train", [f"experiment={experiment}", *own], tmp_path / str(i))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        tasks.append(cfg)
+    assert [why_alone(cfg) for cfg in tasks] == [None, None]
+    assert fusion_key(tasks[0]) == fusion_key(tasks[1])
 
 
 def test_fuse_off_runs_every_job_alone():

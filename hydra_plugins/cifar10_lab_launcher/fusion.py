@@ -93,9 +93,11 @@ def describe(
     flats: Sequence[dict[str, Any] | None],
     max_fused: int,
     fusable_keys: Sequence[str] = FUSABLE,
+    why_alone: Sequence[str | None] = (),
 ) -> list[str]:
-    """One line per group: its jobs, and why it is not part of an earlier group (the keys that
-    differ from the nearest one, or the max_fused cap)."""
+    """One line per group: its jobs, and why it is not part of an earlier group (what keeps a
+    job from any group (why_alone[i]), else the keys that differ from the nearest group, or the
+    max_fused cap)."""
     lines = []
     for g, members in enumerate(groups):
         jobs = ", ".join(names[i] for i in members)
@@ -105,7 +107,10 @@ def describe(
             else f"group {g + 1}/{len(groups)}: {jobs} alone"
         )
         first = flats[members[0]]
-        if g and first is not None:
+        reason = why_alone[members[0]] if why_alone else None
+        if reason:
+            line += f": never fused ({reason})"
+        elif g and first is not None:
             reasons = [
                 differing(first, flats[h[0]], fusable_keys)
                 for h in groups[:g]

@@ -31,7 +31,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.fused import fusion_key
+from src.fused import fusion_key, why_alone
 
 from . import fusion, naming
 from .pool import FreshProcess, Runner, Worker
@@ -184,18 +184,20 @@ class ParallelLauncher(Launcher):
         if self.fuse == "off" or len(todo) < 2:
             return [Unit([job]) for job in todo]
         max_fused = self.max_fused or fusion.MAX_FUSED["gpu" if gpus else "cpu"]
-        keys, flats = [], []
+        keys, flats, reasons = [], [], []
         for job in todo:
             job.config = self._compose(job)
             fusable = not self._own_process(job.config)
             task = self._fusion_view(job.config) if fusable else None
             keys.append(fusion_key(task) if fusable else None)
             flats.append(fusion.flat(task) if fusable else None)
+            reasons.append(why_alone(task) if fusable else None)
         try:
             groups = fusion.plan(keys, int(max_fused))
         except ValueError as err:
             raise SweepJobFailed(f"cannot start the sweep: {err}") from None
-        for line in fusion.describe(groups, [j.name for j in todo], flats, int(max_fused)):
+        names = [j.name for j in todo]
+        for line in fusion.describe(groups, names, flats, int(max_fused), why_alone=reasons):
             log.info("%s", line)
         return [Unit([todo[i] for i in group]) for group in groups]
 

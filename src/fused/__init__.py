@@ -88,7 +88,7 @@ def why_alone(cfg: DictConfig) -> str | None:
         (trainer.get("devices", 1) not in (1, "1"), "more than one device"),
         (str(trainer.get("strategy", "auto")) not in ("auto", "None"), "a trainer strategy"),
         (str(trainer.get("precision")) not in PRECISIONS, f"precision {trainer.get('precision')}"),
-        (trainer.get("val_check_interval", 1.0) != 1.0, "validation inside epochs"),
+        (trainer.get("val_check_interval") not in (None, 1, 1.0), "validation inside epochs"),
         (bool(model.get("compile")), "model.compile"),
         (bool(model.get("channels_last")), "model.channels_last"),
         (c.get("optuna_trial") is not None, "an Optuna trial"),
