@@ -136,7 +136,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        self.load()
+        # Lightning calls this again before each test and validate: once loaded, the cache is
+        # there (a folder's fingerprint alone reads all 60,000 file names).
+        if self.data is None:
+            self.load()
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:

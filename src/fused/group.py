@@ -357,10 +357,12 @@ def train_fused(members: list[Member]) -> None:
                 shuffle = EpochShuffle(dm.train_idx, shuffle=True, seed=m.cfg.data.seed)
                 shuffle.set_epoch(epoch)
                 orders.append(shuffle.order()[: fetching.batches * size])
-                m.sums = torch.zeros(3, dtype=torch.float64)
                 m.scalars({f"lr-{type(m.optimizer).__name__}": m.lr()}, epoch * fetching.fetches)
             order = torch.stack(orders).to(images.device)
             finite = torch.ones(len(group.members), dtype=torch.bool, device=device)
+            # Each member's summed training loss and correct count (rows follow group.members).
+            sums = torch.zeros(len(group.members), 2, dtype=torch.float64, device=device)
+            seen = 0
             for step in range(fetching.batches):
                 if max_steps > 0 and group.members[0].global_step >= max_steps:
                     break
@@ -390,24 +392,23 @@ def train_fused(members: list[Member]) -> None:
                 with torch.no_grad():
                     correct = (logits.argmax(2) == y).sum(1)
                     step_losses = losses.detach()
-                for i, m in enumerate(group.members):
+                for m in group.members:
                     m.optimizer.step()
                     if m.scheduler is not None:
                         m.scheduler.step()
                     m.global_step += 1
-                    m.sums += torch.stack(
-                        [step_losses[i].sum().double().cpu(), correct[i].double().cpu(),
-                         torch.tensor(float(b), dtype=torch.float64)]
-                    )  # fmt: skip
+                sums[:, 0] += step_losses.sum(1)
+                sums[:, 1] += correct
+                seen += b
                 finite &= torch.isfinite(step_losses).all(1)
                 if step % check_every == 0 or step == fetching.batches - 1:
-                    group, order, finite = drop_diverged(
-                        group, order, finite, step_losses, epoch, started
-                    )
+                    group, keep = drop_diverged(group, finite, step_losses, epoch, started)
+                    order, finite, sums = order[keep], finite[keep], sums[keep]
                     if not group.members:
                         break
                 sigterm.check()
-            for m in group.members:
+            for m, (loss_sum, correct_sum) in zip(group.members, sums.tolist(), strict=True):
+                m.sums = (loss_sum, correct_sum, seen)
                 m.epoch_s = time.perf_counter() - epoch_started
             end_epoch(group, dm, epoch, time.perf_counter() - epoch_started, fetching, autocast)
     for m in members:
@@ -416,13 +417,13 @@ def train_fused(members: list[Member]) -> None:
 
 
 def drop_diverged(
-    group: Group, order: Tensor, finite: Tensor, losses: Tensor, epoch: int, started: float
-) -> tuple[Group, Tensor, Tensor]:
-    """Record as diverged, and drop, every member whose loss is no longer finite; the others
-    (and their rows of the epoch's order) go on."""
+    group: Group, finite: Tensor, losses: Tensor, epoch: int, started: float
+) -> tuple[Group, list[int]]:
+    """Record as diverged, and drop, every member whose loss is no longer finite; returns the
+    group of the others and their indices in the old one (their rows of the epoch's tensors)."""
     bad = {i for i, ok in enumerate(finite.tolist()) if not ok}
     if not bad:
-        return group, order, finite
+        return group, list(range(len(group.members)))
     for i in sorted(bad):
         m = group.members[i]
         err = TrainingDiverged(
@@ -433,7 +434,7 @@ def drop_diverged(
         fail(m, err, started)
         log.warning("%s: %s; the other members go on", m.out_dir, err)
     keep = [i for i in range(len(group.members)) if i not in bad]
-    return group.without(bad), order[keep], finite[keep]
+    return group.without(bad), keep
 
 
 def fail(m: Member, err: BaseException, started: float) -> None:
@@ -497,7 +498,7 @@ def end_epoch(group: Group, dm, epoch: int, epoch_s: float, fetching: Fetching, 
     results = validate(group, dm, autocast) if validating else [None] * len(group.members)
     io = AtomicCheckpointIO()
     for m, result in zip(group.members, results, strict=True):
-        loss, correct, seen = m.sums.tolist()
+        loss, correct, seen = m.sums
         values = {
             "train/loss": loss / max(seen, 1),
             "train/acc": correct / max(seen, 1) * 100,
