@@ -8,6 +8,11 @@ SIGTERM and resume against an uninterrupted run, (d) fetch invariance, (e) every
 compiled channels_last vgg6 with its recompile count, (f) trainer=ddp on one GPU, (g) a 4-seed
 sweep 4 jobs per GPU and a CPU sweep on the cores, (h) benchmarks/gpu.py. Each step's commands,
 status, figures and time go to check.json and check.md, rewritten after every step.
+
+(i), only when named (`--only i`, it needs about 10 minutes on an H200): the reproduction rows
+too long for a CPU (seed 002's vgg6, seed 003's bn6), seed 0 of each, recorded by src.reproduce
+in `<out>/reproduce.json`; `python -m src.reproduce --merge results/gpu/reproduce.json` adds
+them to the project's record (docs/reproducing.md).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class Step:
     commands: list[list[str]]
     judge: Callable[[list[subprocess.CompletedProcess]], tuple[bool, dict]]
     env: list[dict[str, str]] = field(default_factory=list)  # extra environment per command
+    timeout_s: float | None = None  # instead of --step-timeout
+    on_request: bool = False  # runs only when named in --only
 
 
 def train(*overrides: str) -> list[str]:
@@ -282,10 +289,43 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
         [[sys.executable, "-m", "benchmarks.gpu", f"--data={data}", f"--out={out / 'bench.json'}"]],
         judge_h,
     )
-    return [a, b, c, d, e, f, g, h]
+    # (i) the rows a CPU cannot afford, on the GPU, recorded as src.reproduce records them.
+    record = out / "reproduce.json"
+
+    def judge_i(done):
+        runs = json.loads(record.read_text())["runs"] if record.exists() else []
+        figures = {r["row"]: {"test_acc": r["test_acc"], "hardware": r["hardware"],
+                              "wall_time_s": r["wall_time_s"]} for r in runs}  # fmt: skip
+        return ok(done) and len(figures) == 2, figures
+
+    i = Step(
+        "i",
+        "reproduction: seed 0 of vgg6 (seed 002) and bn6 (seed 003) on the GPU",
+        [
+            [
+                sys.executable,
+                "-m",
+                "src.reproduce",
+                "--only",
+                "seed002_model3",
+                "seed003_bn6",
+                "--seeds",
+                "0",
+                f"--out={record}",
+                "--lock=",
+                *base,
+                "trainer.accelerator=gpu",
+            ]  # fmt: skip
+        ],
+        judge_i,
+        timeout_s=1200,
+        on_request=True,
+    )
+    return [a, b, c, d, e, f, g, h, i]
 
 
 def run_step(step: Step, timeout_s: float) -> dict:
+    timeout_s = step.timeout_s or timeout_s
     started = time.perf_counter()
     done: list[subprocess.CompletedProcess] = []
     for i, command in enumerate(step.commands):
@@ -378,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.only.split(",")) - {""}
     results: list[dict] = []
     for step in plan(args.data.resolve(), args.out.resolve()):
-        if wanted and step.key not in wanted:
+        if (wanted and step.key not in wanted) or (step.on_request and step.key not in wanted):
             continue
         result = run_step(step, args.step_timeout)
         results.append(result)

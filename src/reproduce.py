@@ -261,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--table-only", action="store_true", help="rewrite the record, run nothing")
     parser.add_argument("--no-probes", action="store_true", help="skip the timing probes")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="first add the runs recorded in these files (e.g. the GPU check's reproduce.json)",
+    )
     parser.add_argument("--rerun", action="store_true", help="repeat runs already recorded")
     parser.add_argument(
         "--lock",
@@ -282,6 +289,9 @@ def reproduce(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown experiment(s) {sorted(unknown)}: choose from {sorted(known)}")
     results = load_results(args.out)
+    if args.merge:
+        merge(results, args.merge)
+        save_results(args.out, results)
     failed = 0
     if not args.table_only:
         failed = run_all(args, results)
@@ -289,6 +299,22 @@ def reproduce(args: argparse.Namespace) -> int:
     print(text)
     log.info("record written to %s (%d recorded runs in %s)", args.doc, len(results), args.out)
     return 1 if failed else 0
+
+
+def gpu_here(overrides: list[str]) -> bool:
+    """Whether the runs would train on a GPU (counted without initialising CUDA)."""
+    return torch.cuda.device_count() > 0 and "trainer.accelerator=cpu" not in overrides
+
+
+def merge(results: list[dict], paths: list[Path]) -> None:
+    """Add the runs recorded in other record files (a GPU machine's), replacing the same runs."""
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"cannot merge {path}: no such file")
+        for record in load_results(path):
+            key = (record["row"], record["kind"], record["seed"])
+            results[:] = [r for r in results if (r["row"], r["kind"], r["seed"]) != key]
+            results.append(record)
 
 
 def run_all(args: argparse.Namespace, results: list[dict]) -> int:
@@ -299,8 +325,8 @@ def run_all(args: argparse.Namespace, results: list[dict]) -> int:
             continue
         seeds = [seed for seed in row.seeds if args.seeds is None or seed in args.seeds]
         jobs = [(seed, False) for seed in seeds]
-        if not row.seeds and not args.no_probes:
-            jobs = [(0, True)]
+        if row.gpu and not gpu_here(args.overrides):
+            jobs = [] if args.no_probes else [(0, True)]
         for seed, probe in jobs:
             kind = "probe" if probe else "run"
             done = any(

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_check
+from src import reproduce
+from src.studies.rows import ROWS
 from tests.conftest import ROOT, compose_config
 
 CONFIGS = {"src.train": "train", "src.eval": "eval", "src.predict": "predict"}
@@ -18,12 +20,20 @@ CONFIGS = {"src.train": "train", "src.eval": "eval", "src.predict": "predict"}
 
 def test_every_step_command_composes_with_hydra(tmp_path):
     steps = gpu_check.plan(tmp_path / "data", tmp_path / "out", tmp_path / "runs")
-    assert [s.key for s in steps] == list("abcdefgh")
+    assert [s.key for s in steps] == list("abcdefghi")
+    assert [s.key for s in steps if s.on_request] == ["i"]  # long: only when named
     composed = 0
     for step in steps:
         assert not step.env or len(step.env) == len(step.commands), step.key
         for command in step.commands:
             assert command[0] == sys.executable
+            if command[2] == "src.reproduce":
+                rows = [r for r in ROWS if r.experiment in command]
+                overrides = [o for o in command[3:] if "=" in o and not o.startswith("--")]
+                assert {r.experiment for r in rows} == {"seed002_model3", "seed003_bn6"}
+                for row in rows:
+                    assert reproduce.recipe(row, overrides).trainer.accelerator == "gpu"
+                continue
             if command[2] not in CONFIGS:
                 continue  # benchmarks.gpu: its own arguments
             overrides = [o for o in command[3:] if o != "-m" and not o.startswith("hydra.")]

@@ -4,10 +4,12 @@ records, resumes and never repeats runs."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 
 import pytest
+import torch
 from matplotlib.container import BarContainer
 
 from src import reproduce
@@ -208,6 +210,50 @@ def test_a_stopped_run_continues_and_rerun_repeats_a_finished_one(tmp_path):
     (tmp_path / "metrics.json").write_text('{"status": "finished"}')
     assert reproduce.continues(tmp_path, rerun=False)  # its record was lost: only tested again
     assert not reproduce.continues(tmp_path, rerun=True)
+
+
+def test_rows_too_long_for_a_cpu_run_only_where_a_gpu_is(monkeypatch):
+    made = []
+
+    def run_one(row, seed, probe, *args):
+        made.append((row.experiment, seed, probe))
+        return {"row": row.key, "kind": "run", "seed": seed}
+
+    monkeypatch.setattr(reproduce, "run_one", run_one)
+    monkeypatch.setattr(reproduce, "save_results", lambda *a: None)
+    args = argparse.Namespace(
+        only=["seed003_bn6"],
+        seeds=[0],
+        no_probes=False,
+        rerun=False,
+        overrides=[],
+        lock=None,
+        out=None,
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    reproduce.run_all(args, [])
+    assert made == [("seed003_bn6", 0, True)]  # a timing probe and an estimate
+    made.clear()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    reproduce.run_all(args, [])
+    assert made == [("seed003_bn6", 0, False)]
+    made.clear()
+    args.overrides = ["trainer.accelerator=cpu"]
+    reproduce.run_all(args, [])
+    assert made == [("seed003_bn6", 0, True)]
+
+
+def test_merge_adds_another_machines_runs(tmp_path):
+    ours = [{"row": "a", "kind": "run", "seed": 0, "test_acc": 1.0}]
+    theirs = [
+        {"row": "a", "kind": "run", "seed": 0, "test_acc": 2.0},
+        {"row": "b", "kind": "run", "seed": 0, "test_acc": 3.0},
+    ]
+    (tmp_path / "gpu.json").write_text(json.dumps({"runs": theirs}))
+    reproduce.merge(ours, [tmp_path / "gpu.json"])
+    assert sorted((r["row"], r["test_acc"]) for r in ours) == [("a", 2.0), ("b", 3.0)]
+    with pytest.raises(ConfigError, match="cannot merge .*absent.json: no such file"):
+        reproduce.merge(ours, [tmp_path / "absent.json"])
 
 
 def test_reproduce_rejects_an_unknown_experiment(capsys):

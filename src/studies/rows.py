@@ -21,7 +21,9 @@ class Row:
     point: where the row sits in a redrawn figure: (figure, x), e.g. ("seed000_width", 50).
     note: why our mean differs from the published figure, with the evidence; a row that differs
         without one says so.
-    seeds: run by `make reproduce`; empty: too long for this machine, a timing probe only.
+    seeds: the seeds it is rerun with (`make reproduce`).
+    gpu: hours per seed on a CPU: where no GPU is, `make reproduce` times a short probe and
+        estimates instead (a GPU machine runs its seeds: the GPU check's reproduction step).
     """
 
     experiment: str
@@ -32,6 +34,7 @@ class Row:
     per_class: tuple[float, ...] = ()
     point: tuple[str, int] | None = None
     note: str = ""
+    gpu: bool = False
 
     @property
     def key(self) -> str:
@@ -117,12 +120,14 @@ ROWS: tuple[Row, ...] = (
     ),
     Row("seed002_model1", "002 model 1: net T", (("002", 63.0),), seeds=SEEDS),
     Row("seed002_model2", "002 model 2: cnn3", (("002", 72.0),), seeds=SEEDS),
-    Row("seed002_model3", "002 model 3: vgg6", (("002", 82.0),)),
+    Row("seed002_model3", "002 model 3: vgg6", (("002", 82.0),), seeds=SEEDS, gpu=True),
     Row(
         "seed003_bn6",
         "003: bn6",
         (("003", 78.0),),
+        seeds=SEEDS,
         per_class=(79.2, 89.3, 67.2, 63.0, 78.3, 64.7, 81.0, 81.5, 82.9, 88.5),
+        gpu=True,
     ),
     Row(
         "seed004_lenet3",
