@@ -9,7 +9,7 @@ compiled channels_last vgg6 with its recompile count, (f) trainer=ddp on one GPU
 sweep 4 jobs per GPU and a CPU sweep on the cores, (h) benchmarks/gpu.py. Each step's commands,
 status, figures and time go to check.json and check.md, rewritten after every step.
 
-(i), only when named (`--only i`, it needs about 10 minutes on an H200): the reproduction rows
+(i), only when named (`--only i`, up to 560 s): the reproduction rows
 too long for a CPU (seed 002's vgg6, seed 003's bn6), seed 0 of each, recorded by src.reproduce
 in `<out>/reproduce.json`; `python -m src.reproduce --merge results/gpu/reproduce.json` adds
 them to the project's record (docs/reproducing.md).
@@ -318,7 +318,7 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
             ]  # fmt: skip
         ],
         judge_i,
-        timeout_s=1200,
+        timeout_s=560,  # one device call (600 s) with its start-up
         on_request=True,
     )
     return [a, b, c, d, e, f, g, h, i]
