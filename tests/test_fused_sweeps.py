@@ -91,6 +91,19 @@ def test_seeds_and_learning_rates_fuse_widths_and_batch_sizes_do_not(tmp_path):
         fusion.plan(["a"], max_fused=0)
 
 
+def test_fusing_never_leaves_a_slot_idle():
+    """16 same-shape jobs on 2 cores: two groups of 8; 2 jobs on 2 cores run side by side."""
+    assert fusion.spread([list(range(16))], 2) == [list(range(8)), list(range(8, 16))]
+    assert fusion.spread([[0, 1]], 2) == [[0], [1]]
+    assert fusion.spread([[0, 1, 2, 3], [4]], 4) == [[0], [1], [2, 3], [4]]
+    assert fusion.spread([[0], [1]], 4) == [[0], [1]]  # nothing left to split
+    lines = fusion.describe([[0, 1], [2, 3]], ["s0", "s1", "s2", "s3"], [{}] * 4, 16, FUSABLE)
+    assert (
+        lines[1]
+        == "group 2/2: fused 2 jobs (s2, s3); apart from the others to keep all 2 slots busy"
+    )
+
+
 @pytest.mark.parametrize("experiment", ["seed000_tutorial", "seed004_lenet3", "seed003_bn6"])
 def test_a_studys_seeds_and_learning_rates_fuse(experiment, tmp_path):
     tasks = []

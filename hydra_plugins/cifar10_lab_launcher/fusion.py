@@ -50,6 +50,19 @@ def plan(keys: Sequence[str | None], max_fused: int) -> list[list[int]]:
     return groups
 
 
+def spread(groups: list[list[int]], slots: int) -> list[list[int]]:
+    """Split the largest groups in two until every slot has one: fusing must not leave a core
+    or GPU slot idle that separate jobs would have used (2 jobs on 2 cores run side by side)."""
+    groups = [list(g) for g in groups]
+    while len(groups) < slots:
+        i = max(range(len(groups)), key=lambda g: len(groups[g]))
+        if len(groups[i]) < 2:
+            break
+        half = (len(groups[i]) + 1) // 2
+        groups[i : i + 1] = [groups[i][:half], groups[i][half:]]
+    return groups
+
+
 def flat(cfg: DictConfig) -> dict[str, Any]:
     """The config's leaves by dotted key, unresolved: a value that follows the seed or the run
     folder (`${seed}`, `${paths.output_dir}`) is the same text in every job, so two jobs differ
@@ -118,7 +131,14 @@ def describe(
             ]
             nearest = min(reasons, key=len) if reasons else None
             if nearest == []:
-                line += f"; apart from the others by hydra.launcher.max_fused={max_fused}"
+                same = sum(
+                    len(h) for h in groups if not differing(first, flats[h[0]], fusable_keys)
+                )
+                line += (
+                    f"; apart from the others by hydra.launcher.max_fused={max_fused}"
+                    if same > max_fused
+                    else f"; apart from the others to keep all {len(groups)} slots busy"
+                )
             elif nearest:
                 shown = ", ".join(nearest[:3]) + (
                     f" (+{len(nearest) - 3} more)" * (len(nearest) > 3)

@@ -173,7 +173,20 @@ class ParallelLauncher(Launcher):
 
     # -- grouping -------------------------------------------------------------------------------
 
-    def _units(self, todo: list[Job], gpus: bool) -> list[Unit]:
+    def _slots(self, gpus: Sequence[str], n_units: int) -> list[Slot]:
+        try:
+            return plan_slots(
+                gpus,
+                self.jobs_per_device,
+                self.devices_per_job,
+                self.cpu_jobs,
+                n_units,
+                usable_cores(),
+            )
+        except ValueError as err:  # settings that leave no slot to run on
+            raise SweepJobFailed(f"cannot start the sweep: {err}") from None
+
+    def _units(self, todo: list[Job], gpus: bool, slots: int = 1) -> list[Unit]:
         """What runs in one process: each job alone, or (hydra.launcher.fuse=auto) the jobs that
         src.fused can train as one model together, one line per group saying which and why."""
         if self.fuse not in fusion.FUSE_CHOICES:
@@ -193,7 +206,7 @@ class ParallelLauncher(Launcher):
             flats.append(fusion.flat(task) if fusable else None)
             reasons.append(why_alone(task) if fusable else None)
         try:
-            groups = fusion.plan(keys, int(max_fused))
+            groups = fusion.spread(fusion.plan(keys, int(max_fused)), slots)
         except ValueError as err:
             raise SweepJobFailed(f"cannot start the sweep: {err}") from None
         names = [j.name for j in todo]
@@ -405,18 +418,9 @@ class ParallelLauncher(Launcher):
                 self._record(job, status="pending", error=None, return_value=None)
 
         gpus = resolve_devices(self.devices, self.accelerator)
-        units = self._units(list(todo), bool(gpus))
-        try:
-            slots = plan_slots(
-                gpus,
-                self.jobs_per_device,
-                self.devices_per_job,
-                self.cpu_jobs,
-                len(units),
-                usable_cores(),
-            )
-        except ValueError as err:  # settings that leave no slot to run on
-            raise SweepJobFailed(f"cannot start the sweep: {err}") from None
+        capacity = len(self._slots(gpus, len(todo)))
+        units = self._units(list(todo), bool(gpus), capacity)
+        slots = self._slots(gpus, len(units))
         if units:
             log.info(
                 "launching %d jobs (%d processes), %d at a time, into %s",
