@@ -53,6 +53,18 @@ def weights(run: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
             BN_MEMBERS,
             id="augment-bn-dropout",
         ),  # fmt: skip
+        pytest.param(
+            [
+                "data.batch_size=2",
+                "trainer.max_epochs=6",
+                "data.augment=flip_crop",
+                "model.batch_norm=true",
+                "model.dropout=0.3",
+            ],
+            BN_MEMBERS,
+            id="288-steps",
+            marks=pytest.mark.slow,
+        ),  # fmt: skip
     ],
 )
 def test_each_member_trains_the_weights_of_its_own_run(shared, members, folder_data, tmp_path):
