@@ -206,7 +206,8 @@ def test_a_failed_job_retires_its_worker_and_the_next_job_gets_a_new_one(folder_
 
 
 def test_a_real_fused_sweep_trains_each_member_into_its_own_folder(folder_data, tmp_path):
-    args = sweep_args(tmp_path, folder_data, "seed=1,2", "hydra.launcher.fuse=auto")
+    one_slot = "hydra.launcher.cpu_jobs=1"  # else each job gets a core of its own, unfused
+    args = sweep_args(tmp_path, folder_data, "seed=1,2", "hydra.launcher.fuse=auto", one_slot)
     result = run_cli("src.train", *args)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]

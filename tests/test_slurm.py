@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import ROOT, run_cli, tiny_overrides
 
-pytestmark = pytest.mark.slurm
+# One cluster of this machine's cores: its tests take turns (one pytest-xdist worker).
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 SCRIPT = ROOT / "scripts" / "slurm.sh"
 
 
