@@ -71,26 +71,33 @@ def preset_rates(base: list[str], warmup: int, timed: int, out: Path) -> dict:
 
 def sweep_rates(base: list[str], steps: int, out: Path) -> dict:
     """Training images per second of a whole GPU running the tutorial recipe at batch 4 as a
-    sweep of n jobs n at a time (hydra.launcher.jobs_per_device=n): n x steps x 4 images over
-    the slowest job's training time (process start and data loading left out)."""
+    sweep of n jobs n at a time (hydra.launcher.jobs_per_device=n), and as 16 jobs fused into one
+    model (hydra.launcher.fuse=auto, one slot): jobs x steps x 4 images over the slowest job's
+    training time (process start and data loading left out)."""
     import json
     import subprocess
     import sys
 
+    ways = {f"{n} jobs per GPU": (n, n, "off") for n in (1, 2, 4, 8)}
+    ways["16 jobs fused on one GPU"] = (16, 1, "auto")
     rates: dict = {}
-    for n in (1, 2, 4, 8):
-        sweep_dir = out / "runs" / f"sweep_{n}"
-        seeds = ",".join(str(s) for s in range(n))
+    for name, (jobs, per_device, fuse) in ways.items():
+        sweep_dir = out / "runs" / f"sweep_{jobs}_{fuse}"
+        seeds = ",".join(str(s) for s in range(jobs))
         command = [
             sys.executable, "-m", "src.train", "-m", *base, "model=tutorial", "data.batch_size=4",
             f"++trainer.max_steps={steps}", "trainer.max_epochs=1", "data.val_size=1000",
-            f"seed={seeds}", f"hydra.launcher.jobs_per_device={n}", f"hydra.sweep.dir={sweep_dir}",
+            f"seed={seeds}", f"hydra.launcher.jobs_per_device={per_device}",
+            f"hydra.launcher.fuse={fuse}", f"hydra.sweep.dir={sweep_dir}",
         ]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True)
         times = [
             json.loads(p.read_text())["epoch_time_s"] for p in sweep_dir.glob("*/metrics.json")
         ]
-        rates[f"{n} jobs per GPU"] = round(n * steps * 4 / max(times))
+        rates[name] = round(jobs * steps * 4 / max(times))
+    fused = rates["16 jobs fused on one GPU"]
+    rates["fused against 1 job per GPU"] = round(fused / rates["1 jobs per GPU"], 2)
+    rates["fused against 8 jobs per GPU"] = round(fused / rates["8 jobs per GPU"], 2)
     return rates
 
 

@@ -248,15 +248,24 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
         gpu_log = done[0].stdout + done[0].stderr
         cpu_log = done[1].stdout + done[1].stderr
         figures = {
-            "gpu_4_at_once": "launching 4 jobs, 4 at a time" in gpu_log,
+            "gpu_4_at_once": "launching 4 jobs (4 processes), 4 at a time" in gpu_log,
             "cpu_slots": re.findall(r"\(cpu, cores [0-9,-]+", cpu_log),
         }
-        cpu_ok = len(figures["cpu_slots"]) == 2 and "launching 2 jobs, 2 at a time" in cpu_log
-        return ok(done) and figures["gpu_4_at_once"] and cpu_ok, figures
+        cpu_ok = (
+            len(figures["cpu_slots"]) == 2
+            and "launching 2 jobs (2 processes), 2 at a time" in cpu_log
+        )
+        fused_log = done[2].stdout + done[2].stderr
+        fused = [metrics(runs / "g_fused_sweep" / f"seed={s}") for s in range(1, 5)]
+        figures["fused_group"] = "group 1/1: fused 4 jobs" in fused_log
+        figures["fused_test_acc"] = [m.get("test/acc") for m in fused]
+        fused_ok = figures["fused_group"] and all(m.get("status") == "finished" for m in fused)
+        return ok(done) and figures["gpu_4_at_once"] and cpu_ok and fused_ok, figures
 
     g = Step(
         "g",
-        "a 4-seed sweep runs 4 jobs at once on the GPU; a CPU sweep runs on the cores",
+        "a 4-seed sweep runs 4 jobs at once on the GPU; a CPU sweep runs on the cores; the 4 "
+        "seeds fused into one model on one GPU slot",
         [
             train(
                 *sweep,
@@ -272,6 +281,12 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
                 "data.val_size=1000",
                 "seed=1,2",
                 f"hydra.sweep.dir={runs / 'g_cpu_sweep'}",
+            ),
+            train(
+                *sweep,
+                "hydra.launcher.jobs_per_device=1",
+                "hydra.launcher.fuse=auto",
+                f"hydra.sweep.dir={runs / 'g_fused_sweep'}",
             ),
         ],
         judge_g,

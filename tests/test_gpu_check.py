@@ -41,7 +41,7 @@ def test_every_step_command_composes_with_hydra(tmp_path):
             overrides = [o.split(",")[0] if o.startswith("seed=") else o for o in overrides]
             compose_config(CONFIGS[command[2]], overrides, tmp_path / "compose")
             composed += 1
-    assert composed == 20  # every command but benchmarks.gpu
+    assert composed == 21  # every command but benchmarks.gpu and src.reproduce
 
 
 def test_results_are_written_as_json_and_a_table(tmp_path):
@@ -75,3 +75,36 @@ def test_without_cuda_gpu_check_says_so_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "no CUDA GPU" in done.stderr
     assert not Path(tmp_path, ".cache").exists()  # nothing installed or unpacked
+
+
+def test_the_sweep_step_reads_the_launchers_own_lines(tmp_path):
+    """Step (g)'s judge against what the launcher prints (its own format string) and writes."""
+    import logging
+
+    from hydra_plugins.cifar10_lab_launcher import parallel_launcher
+
+    steps = {s.key: s for s in gpu_check.plan(tmp_path / "d", tmp_path / "out", tmp_path / "runs")}
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    log = parallel_launcher.log
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for n in (4, 2):
+            log.info("launching %d jobs (%d processes), %d at a time, into %s", n, n, n, "x")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    gpu_log, cpu_log = records
+    cpu_log += " (cpu, cores 0-7, pid 1) (cpu, cores 8-15, pid 2)"
+    fused_log = "group 1/1: fused 4 jobs (seed=1, seed=2, seed=3, seed=4)"
+    for s in range(1, 5):
+        run = tmp_path / "runs" / "g_fused_sweep" / f"seed={s}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text('{"status": "finished", "test/acc": 40.0}')
+    done = [subprocess.CompletedProcess([], 0, out, "") for out in (gpu_log, cpu_log, fused_log)]
+    passed, figures = steps["g"].judge(done)
+    assert passed, figures
+    assert figures["fused_test_acc"] == [40.0] * 4
