@@ -58,17 +58,20 @@ def weights(run: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
                 "data.batch_size=2",
                 "trainer.max_epochs=6",
                 "data.augment=flip_crop",
-                "model.batch_norm=true",
                 "model.dropout=0.3",
             ],
-            BN_MEMBERS,
+            MEMBERS,
+            # Not with batch norm: on the tiny synthetic images some channels have almost no
+            # variance, and BN turns rounding into chaos (two single runs that differ only in
+            # their thread count differ by up to 2.6 after 288 steps), so there 42 steps it is.
             id="288-steps",
             marks=pytest.mark.slow,
         ),  # fmt: skip
     ],
 )
 def test_each_member_trains_the_weights_of_its_own_run(shared, members, folder_data, tmp_path):
-    """Three epochs of batch 8 over 108 images (42 steps), three members with different seeds,
+    """Three epochs of batch 8 over 108 images (42 steps; 288 steps at batch 2 for the slow
+    case), three members with different seeds,
     learning rates, optimizers, schedules and label smoothing: every weight equals the single
     run's to float32 rounding. Grouped convolutions and batched matmuls add in another order
     than a single net's, so results agree to about 1e-6 relative per step, and a few dozen
