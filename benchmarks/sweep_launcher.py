@@ -37,9 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "bench"
 # Four jobs of equal cost: one epoch of the tutorial net at four learning rates.
 LAUNCHER_SWEEP = ["optimizer.lr=0.01,0.02,0.05,0.1", "trainer.max_epochs=1"]
-LAUNCHER_WAYS = {
-    "parallel launcher, default slots": [],
-    "parallel launcher, one job at a time": ["hydra.launcher.cpu_jobs=1"],
+LAUNCHER_WAYS = {  # unfused, to time the launcher itself
+    "parallel launcher, default slots": ["hydra.launcher.fuse=off"],
+    "parallel launcher, one job at a time": [
+        "hydra.launcher.cpu_jobs=1",
+        "hydra.launcher.fuse=off",
+    ],
     "basic launcher (Hydra's), one job at a time": ["hydra/launcher=basic"],
 }
 FUSED_SWEEP = [
