@@ -39,11 +39,15 @@ train: install $(DATA_DEP)
 reproduce: install $(DATA_DEP)
 	$(PY) -m src.reproduce $(DATA_ARGS) $(ARGS)
 
+# Tests run on pytest-xdist workers, one per core (at most 4): most of their time is
+# subprocesses that import torch and Lightning, one core each.
+XDIST := -n auto --maxprocesses=4 --dist loadgroup
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-all: install $(DATA_DEP)
-	$(PY) -m pytest -m "slow or not slow"
+	$(PY) -m pytest $(XDIST) -m "slow or not slow"
 
 # Speed against the seeds' loop and the machine's limit (docs/speed.md): about 15 minutes on
 # 2 CPU cores; writes results/bench/<cpu|gpu>.json and .md. Options go in ARGS.
