@@ -40,8 +40,9 @@ reproduce: install $(DATA_DEP)
 	$(PY) -m src.reproduce $(DATA_ARGS) $(ARGS)
 
 # Tests run on pytest-xdist workers, one per core (at most 4): most of their time is
-# subprocesses that import torch and Lightning, one core each.
-XDIST := -n auto --maxprocesses=4 --dist loadgroup
+# subprocesses that import torch and Lightning, one core each. A module's tests stay on one worker
+# (its module fixtures, such as the SLURM cluster, are set up once).
+XDIST := -n auto --maxprocesses=4 --dist loadscope
 
 test: install
 	$(PY) -m pytest $(XDIST)

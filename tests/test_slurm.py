@@ -18,8 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli, tiny_overrides
 
-# One cluster of this machine's cores: its tests take turns (one pytest-xdist worker).
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.slurm
 SCRIPT = ROOT / "scripts" / "slurm.sh"
 
 
