@@ -73,7 +73,8 @@ def sweep_rates(base: list[str], steps: int, out: Path) -> dict:
     """Training images per second of a whole GPU running the tutorial recipe at batch 4 as a
     sweep of n jobs n at a time (hydra.launcher.jobs_per_device=n), and as 16 jobs fused into one
     model (hydra.launcher.fuse=auto, one slot): jobs x steps x 4 images over the slowest job's
-    training time (process start and data loading left out)."""
+    training time (process start and data loading left out; no validation, which a fused
+    member's epoch time leaves out)."""
     import json
     import subprocess
     import sys
@@ -86,7 +87,7 @@ def sweep_rates(base: list[str], steps: int, out: Path) -> dict:
         seeds = ",".join(str(s) for s in range(jobs))
         command = [
             sys.executable, "-m", "src.train", "-m", *base, "model=tutorial", "data.batch_size=4",
-            f"++trainer.max_steps={steps}", "trainer.max_epochs=1", "data.val_size=1000",
+            f"++trainer.max_steps={steps}", "trainer.max_epochs=1", "data.val_size=0",
             f"seed={seeds}", f"hydra.launcher.jobs_per_device={per_device}",
             f"hydra.launcher.fuse={fuse}", f"hydra.sweep.dir={sweep_dir}",
         ]  # fmt: skip

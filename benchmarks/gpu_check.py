@@ -300,9 +300,11 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
 
     h = Step(
         "h",
-        "benchmarks/gpu.py: images/s of every preset, sweep throughput at 1, 2, 4, 8 jobs per GPU",
+        "benchmarks/gpu.py: images/s of every preset, sweep throughput at 1, 2, 4, 8 jobs per GPU "
+        "and of 16 jobs fused on one",
         [[sys.executable, "-m", "benchmarks.gpu", f"--data={data}", f"--out={out / 'bench.json'}"]],
         judge_h,
+        timeout_s=360,
     )
     # (i) the rows a CPU cannot afford, on the GPU, recorded as src.reproduce records them.
     record = out / "reproduce.json"

@@ -43,9 +43,13 @@ def run_jobs(commands: Sequence[list[str]], log_dir: Path) -> float:
 # How a sweep's jobs run: the parallel launcher (hydra_plugins/cifar10_lab_launcher), with its
 # default slots (one job per core, the cores split between the jobs) and one job at a time (each
 # job gets every core); and Hydra's basic launcher (one at a time, in the launching process).
-SWEEP_WAYS = {
-    "parallel": ["hydra.launcher.devices=cpu"],
-    "one_at_a_time": ["hydra.launcher.devices=cpu", "hydra.launcher.cpu_jobs=1"],
+SWEEP_WAYS = {  # unfused: one process per job is what this compares
+    "parallel": ["hydra.launcher.devices=cpu", "hydra.launcher.fuse=off"],
+    "one_at_a_time": [
+        "hydra.launcher.devices=cpu",
+        "hydra.launcher.cpu_jobs=1",
+        "hydra.launcher.fuse=off",
+    ],
     "basic_launcher": ["hydra/launcher=basic"],
 }
 

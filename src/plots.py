@@ -85,7 +85,8 @@ def prediction_grid_figure(
     gap, pad = h // 3, max(w // 16, 1)  # title space above each tile, space beside it
     cell_h, cell_w = h + gap, w + pad
     mosaic = np.full((rows * cell_h, columns * cell_w - pad, 3), 255, dtype=np.uint8)
-    figure = Figure(figsize=(columns * 1.3, rows * 1.45))
+    inch = columns * 1.3 / mosaic.shape[1]  # 1.3 inches per column, square pixels
+    figure = Figure(figsize=(mosaic.shape[1] * inch, mosaic.shape[0] * inch))
     axis = figure.add_axes((0, 0, 1, 1))
     axis.axis("off")
     for i in range(n):
@@ -99,5 +100,5 @@ def prediction_grid_figure(
             title, colour = f"{pred} {probs[i]:.0%}" if probs is not None else pred, "black"
         axis.text(left + w / 2, top - gap / 2, title, color=colour, fontsize=7, ha="center",
                   va="center")  # fmt: skip
-    axis.imshow(mosaic, interpolation="nearest", aspect="auto")
+    axis.imshow(mosaic, interpolation="nearest", aspect="equal")
     return figure

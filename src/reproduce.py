@@ -142,13 +142,16 @@ def exclusive(lock: str | None) -> Iterator[None]:
 
 
 def continues(run_dir: Path, rerun: bool) -> bool:
-    """Whether a run goes on from its folder's last checkpoint: a stopped run does, and so does a
-    finished one whose record was lost (it is only tested again); --rerun repeats a finished run."""
+    """Whether a run goes on from its folder's last checkpoint: a stopped run (running when it
+    was killed, or interrupted) does, and without --rerun so does any other (a finished one
+    whose record was lost is only tested again); --rerun repeats the others from scratch."""
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         return False
-    metrics = run_dir / "metrics.json"
-    finished = metrics.is_file() and json.loads(metrics.read_text()).get("status") == "finished"
-    return not (rerun and finished)
+    try:
+        status = json.loads((run_dir / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None  # no record, or a half-written one: the run was stopped
+    return not rerun or status in (None, "running", "interrupted")
 
 
 def run_one(
@@ -301,9 +304,10 @@ def reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def gpu_here(overrides: list[str]) -> bool:
-    """Whether the runs would train on a GPU (counted without initialising CUDA)."""
-    return torch.cuda.device_count() > 0 and "trainer.accelerator=cpu" not in overrides
+def gpu_here(row: Row, overrides: list[str]) -> bool:
+    """Whether the row's runs would train on a GPU (counted without initialising CUDA)."""
+    accelerator = str(recipe(row, overrides).trainer.accelerator)
+    return torch.cuda.device_count() > 0 and accelerator in ("auto", "gpu", "cuda")
 
 
 def merge(results: list[dict], paths: list[Path]) -> None:
@@ -325,7 +329,7 @@ def run_all(args: argparse.Namespace, results: list[dict]) -> int:
             continue
         seeds = [seed for seed in row.seeds if args.seeds is None or seed in args.seeds]
         jobs = [(seed, False) for seed in seeds]
-        if row.gpu and not gpu_here(args.overrides):
+        if row.gpu and not gpu_here(row, args.overrides):
             jobs = [] if args.no_probes else [(0, True)]
         for seed, probe in jobs:
             kind = "probe" if probe else "run"

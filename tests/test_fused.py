@@ -127,6 +127,16 @@ def test_each_member_folder_is_a_single_runs_folder(folder_data, tmp_path):
     assert "diverged" in (dirs[1] / "train.log").read_text()
 
 
+def test_a_group_whose_members_all_diverge_records_each_and_ends(folder_data, tmp_path):
+    members = [["seed=1", "optimizer.lr=1e6"], ["seed=2", "optimizer.lr=1e7"]]
+    dirs = [tmp_path / str(i) for i in range(2)]
+    cfgs = [config(tmp_path, folder_data, [], own, d) for own, d in zip(members, dirs, strict=True)]
+    results = train_group(cfgs, dirs)
+    assert [r["status"] for r in results] == ["diverged", "diverged"]
+    for run in dirs:
+        assert json.loads((run / "metrics.json").read_text())["status"] == "diverged"
+
+
 @pytest.mark.slow
 def test_a_killed_group_resumes_each_member_from_its_last_checkpoint(folder_data, tmp_path):
     """Killed at the start of its third epoch (after the second epoch's checkpoints), a group

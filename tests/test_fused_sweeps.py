@@ -18,7 +18,7 @@ from omegaconf import open_dict
 
 from hydra_plugins.cifar10_lab_launcher import fusion
 from hydra_plugins.cifar10_lab_launcher.parallel_launcher import Job, ParallelLauncher
-from src.fused import fusion_key, why_alone
+from src.fused import fusion_key, once_per_epoch, why_alone
 from tests.conftest import compose_config, run_cli
 from tests.test_sweeps import summary, sweep_args
 
@@ -97,6 +97,17 @@ def test_fusing_never_leaves_a_slot_idle():
     assert fusion.spread([[0, 1]], 2) == [[0], [1]]
     assert fusion.spread([[0, 1, 2, 3], [4]], 4) == [[0], [1], [2, 3], [4]]
     assert fusion.spread([[0], [1]], 4) == [[0], [1]]  # nothing left to split
+    assert fusion.spread([], 2) == []
+    # Why a group stands apart: the cap, or the slots, and never a DDP job's missing config.
+    groups = fusion.spread(fusion.plan(["k"] * 20 + [None], max_fused=16), 4)
+    assert [len(g) for g in groups] == [5, 5, 10, 1]
+    flats = [{}] * 20 + [None]
+    lines = fusion.describe(groups, [f"s{i}" for i in range(21)], flats, 16, FUSABLE)
+    assert lines[1].endswith("apart from the others to keep all 4 slots busy")
+    capped = fusion.describe(fusion.plan(["k"] * 20, 16), [f"s{i}" for i in range(20)], flats, 16)
+    assert capped[1].endswith("apart from the others by hydra.launcher.max_fused=16")
+    assert not once_per_epoch(1) and not once_per_epoch(0.5)  # validation inside epochs
+    assert once_per_epoch(None) and once_per_epoch(1.0)
     lines = fusion.describe([[0, 1], [2, 3]], ["s0", "s1", "s2", "s3"], [{}] * 4, 16, FUSABLE)
     assert (
         lines[1]

@@ -78,10 +78,10 @@ def test_without_cuda_gpu_check_says_so_in_one_line(tmp_path):
 
 
 def test_the_sweep_step_reads_the_launchers_own_lines(tmp_path):
-    """Step (g)'s judge against what the launcher prints (its own format string) and writes."""
+    """Step (g)'s judge against the launcher's own lines (its format string, its group line)."""
     import logging
 
-    from hydra_plugins.cifar10_lab_launcher import parallel_launcher
+    from hydra_plugins.cifar10_lab_launcher import fusion, parallel_launcher
 
     steps = {s.key: s for s in gpu_check.plan(tmp_path / "d", tmp_path / "out", tmp_path / "runs")}
     records = []
@@ -93,13 +93,14 @@ def test_the_sweep_step_reads_the_launchers_own_lines(tmp_path):
     log.setLevel(logging.INFO)
     try:
         for n in (4, 2):
-            log.info("launching %d jobs (%d processes), %d at a time, into %s", n, n, n, "x")
+            log.info(parallel_launcher.LAUNCHING, n, n, n, "x")
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
     gpu_log, cpu_log = records
     cpu_log += " (cpu, cores 0-7, pid 1) (cpu, cores 8-15, pid 2)"
-    fused_log = "group 1/1: fused 4 jobs (seed=1, seed=2, seed=3, seed=4)"
+    names = [f"seed={s}" for s in range(1, 5)]
+    (fused_log,) = fusion.describe([[0, 1, 2, 3]], names, [{}] * 4, 16)
     for s in range(1, 5):
         run = tmp_path / "runs" / "g_fused_sweep" / f"seed={s}"
         run.mkdir(parents=True)

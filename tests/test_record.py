@@ -203,6 +203,10 @@ def test_a_stopped_run_continues_and_rerun_repeats_a_finished_one(tmp_path):
     (tmp_path / "metrics.json").write_text('{"status": "finished"}')
     assert reproduce.continues(tmp_path, rerun=False)  # its record was lost: only tested again
     assert not reproduce.continues(tmp_path, rerun=True)
+    (tmp_path / "metrics.json").write_text('{"status": "diverged"}')
+    assert not reproduce.continues(tmp_path, rerun=True)  # retried from scratch
+    (tmp_path / "metrics.json").write_text('{"status": "runn')  # killed while writing it
+    assert reproduce.continues(tmp_path, rerun=True)
 
 
 def test_rows_too_long_for_a_cpu_run_only_where_a_gpu_is(monkeypatch):
@@ -231,9 +235,11 @@ def test_rows_too_long_for_a_cpu_run_only_where_a_gpu_is(monkeypatch):
     reproduce.run_all(args, [])
     assert made == [("seed003_bn6", 0, False)]
     made.clear()
-    args.overrides = ["trainer.accelerator=cpu"]
-    reproduce.run_all(args, [])
-    assert made == [("seed003_bn6", 0, True)]
+    for cpu in ("trainer.accelerator=cpu", "++trainer.accelerator=cpu"):
+        made.clear()
+        args.overrides = [cpu]
+        reproduce.run_all(args, [])
+        assert made == [("seed003_bn6", 0, True)]
 
 
 def test_merge_adds_another_machines_runs(tmp_path):

@@ -43,7 +43,12 @@ def most_at_once(jobs: list[dict]) -> int:
 @pytest.mark.slow
 def test_four_jobs_on_two_fake_gpus_run_two_at_a_time(folder_data, tmp_path):
     args = sweep_args(
-        tmp_path, folder_data, "model.c1=2,4", "seed=1,2", "hydra.launcher.devices=[7,9]"
+        tmp_path,
+        folder_data,
+        "model.c1=2,4",
+        "seed=1,2",
+        "hydra.launcher.devices=[7,9]",
+        "hydra.launcher.fuse=off",  # slots, not fusion, are under test
     )
     result = run_cli("src.train", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

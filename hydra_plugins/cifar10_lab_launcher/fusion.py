@@ -54,7 +54,7 @@ def spread(groups: list[list[int]], slots: int) -> list[list[int]]:
     """Split the largest groups in two until every slot has one: fusing must not leave a core
     or GPU slot idle that separate jobs would have used (2 jobs on 2 cores run side by side)."""
     groups = [list(g) for g in groups]
-    while len(groups) < slots:
+    while groups and len(groups) < slots:
         i = max(range(len(groups)), key=lambda g: len(groups[g]))
         if len(groups[i]) < 2:
             break
@@ -131,12 +131,15 @@ def describe(
             ]
             nearest = min(reasons, key=len) if reasons else None
             if nearest == []:
-                same = sum(
-                    len(h) for h in groups if not differing(first, flats[h[0]], fusable_keys)
-                )
+                same = [
+                    h
+                    for h in groups
+                    if flats[h[0]] is not None and not differing(first, flats[h[0]], fusable_keys)
+                ]
+                capped = math.ceil(sum(len(h) for h in same) / max_fused)  # the cap's groups
                 line += (
                     f"; apart from the others by hydra.launcher.max_fused={max_fused}"
-                    if same > max_fused
+                    if len(same) <= capped
                     else f"; apart from the others to keep all {len(groups)} slots busy"
                 )
             elif nearest:

@@ -48,6 +48,8 @@ from .summary import (
 )
 
 log = logging.getLogger(__name__)
+# The line that opens a sweep (the GPU check reads it).
+LAUNCHING = "launching %d jobs (%d processes), %d at a time, into %s"
 
 POLL_S = 0.2
 
@@ -423,7 +425,7 @@ class ParallelLauncher(Launcher):
         slots = self._slots(gpus, len(units))
         if units:
             log.info(
-                "launching %d jobs (%d processes), %d at a time, into %s",
+                LAUNCHING,
                 len(todo),
                 len(units),
                 len(slots),

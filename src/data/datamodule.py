@@ -139,11 +139,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         # Lightning calls this again before each test and validate: once loaded, the cache is
         # there (a folder's fingerprint alone reads all 60,000 file names).
         if self.data is None:
-            self.load()
+            self._load_splits()
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
             self._load_splits()
+        if self.fetching is None:
             self.fetching = self.plan_fetching()
         if self.trainer is not None and stage == "fit":
             counters = user_counters(self.trainer)

@@ -78,6 +78,12 @@ def _resolved(cfg: DictConfig) -> dict:
     return resolve(data, "")
 
 
+def once_per_epoch(val_check_interval) -> bool:
+    """Lightning's default (None, or the fraction 1.0); a whole number counts batches."""
+    v = val_check_interval
+    return v is None or (isinstance(v, float) and v == 1.0)
+
+
 def why_alone(cfg: DictConfig) -> str | None:
     """Why this job cannot train in a fused group (None: it can)."""
     c = _resolved(cfg)
@@ -88,7 +94,7 @@ def why_alone(cfg: DictConfig) -> str | None:
         (trainer.get("devices", 1) not in (1, "1"), "more than one device"),
         (str(trainer.get("strategy", "auto")) not in ("auto", "None"), "a trainer strategy"),
         (str(trainer.get("precision")) not in PRECISIONS, f"precision {trainer.get('precision')}"),
-        (trainer.get("val_check_interval") not in (None, 1, 1.0), "validation inside epochs"),
+        (not once_per_epoch(trainer.get("val_check_interval")), "validation inside epochs"),
         (bool(model.get("compile")), "model.compile"),
         (bool(model.get("channels_last")), "model.channels_last"),
         (c.get("optuna_trial") is not None, "an Optuna trial"),

@@ -287,7 +287,8 @@ class Group:
 
     def __init__(self, members: list[Member]):
         self.members = members
-        self.net = FusedConvNet([m.model.net for m in members])
+        # No net once every member has left (all diverged): the epoch loop stops at once.
+        self.net = FusedConvNet([m.model.net for m in members]) if members else None
         self.smoothing = [m.smoothing for m in members]
 
     def without(self, gone: set[int]) -> Group:
@@ -403,7 +404,8 @@ def train_fused(members: list[Member]) -> None:
                 finite &= torch.isfinite(step_losses).all(1)
                 if step % check_every == 0 or step == fetching.batches - 1:
                     group, keep = drop_diverged(group, finite, step_losses, epoch, started)
-                    order, finite, sums = order[keep], finite[keep], sums[keep]
+                    if len(keep) < len(order):
+                        order, finite, sums = order[keep], finite[keep], sums[keep]
                     if not group.members:
                         break
                 sigterm.check()
