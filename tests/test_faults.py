@@ -150,16 +150,11 @@ def test_a_refused_resume_leaves_the_folder_as_it_found_it(folder_data, tmp_path
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
 
-def test_divergence_stops_at_once_naming_the_learning_rate(folder_data, tmp_path):
+def test_divergence_stops_at_once_naming_the_learning_rate(folder_data, tmp_path, capsys):
     run = tmp_path / "run"
-    result = run_cli(
-        "src.train",
-        *tiny_overrides(tmp_path, folder_data),
-        "optimizer.lr=1e5",
-        f"hydra.run.dir={run}",
-    )
-    assert result.returncode == 3
-    output = result.stdout + result.stderr
+    argv = [*tiny_overrides(tmp_path, folder_data), "optimizer.lr=1e5", f"hydra.run.dir={run}"]
+    status, output = run_entry(src.train.main, *argv, capsys=capsys)
+    assert status == 3
     assert "training diverged" in output and "optimizer.lr=100000" in output
     assert "Traceback" not in output
     record = metrics(run)

@@ -17,9 +17,10 @@ from hydra.errors import ConfigCompositionException
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+import src.train
 from hydra_plugins.cifar10_lab_sweeper.space import as_override, search_space
 from hydra_plugins.cifar10_lab_sweeper.study import storage
-from tests.conftest import ROOT, compose_config, run_cli
+from tests.conftest import ROOT, compose_config, run_cli, run_entry
 from tests.test_sweeps import most_at_once, summary, sweep_args
 
 # Every depth and kernel size of hparams_search=optuna fits with padding=same; a narrow net (the
@@ -289,15 +290,16 @@ def test_bad_search_settings_fail_in_one_line_before_any_trial(folder_data, tmp_
     assert sorted(p.name for p in journal.parent.iterdir()) == ["multirun.yaml", "optuna.journal"]
 
 
-def test_optuna_trial_outside_a_search_is_one_line(folder_data, tmp_path):
-    result = run_cli(
-        "src.train",
+def test_optuna_trial_outside_a_search_is_one_line(folder_data, tmp_path, capsys):
+    status, output = run_entry(
+        src.train.main,
         *sweep_args(tmp_path, folder_data)[1:],
         "optuna_trial=3",
         f"hydra.run.dir={tmp_path / 'run'}",
+        capsys=capsys,
     )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "optuna_trial=3 is set by the Optuna search" in result.stdout + result.stderr
+    assert status == 2 and "Traceback" not in output
+    assert "optuna_trial=3 is set by the Optuna search" in output
 
 
 def test_the_docs_commands_compose(tmp_path):

@@ -17,9 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 
+import src.train
 from src.distributed import check_ddp_launch
 from src.errors import ConfigError
-from tests.conftest import ROOT, compose_config, run_cli, tiny_overrides
+from tests.conftest import ROOT, compose_config, run_cli, run_entry, tiny_overrides
 
 
 def sweep_args(tmp_path: Path, data: Path, *extra: str, folder: str = "sweep") -> list[str]:
@@ -153,7 +154,7 @@ def test_a_relaunch_continues_an_unfinished_job_from_its_checkpoint(folder_data,
     assert summary(tmp_path / "sweep")["jobs"]["c1=3"]["skipped"]
 
 
-def test_launcher_settings_that_leave_no_slot_fail_in_one_line(folder_data, tmp_path):
+def test_launcher_settings_that_leave_no_slot_fail_in_one_line(folder_data, tmp_path, capsys):
     args = sweep_args(
         tmp_path,
         folder_data,
@@ -161,9 +162,9 @@ def test_launcher_settings_that_leave_no_slot_fail_in_one_line(folder_data, tmp_
         "hydra.launcher.devices=[0]",
         "hydra.launcher.devices_per_job=2",
     )
-    result = run_cli("src.train", *args)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
+    status, output = run_entry(src.train.main, *args, capsys=capsys)  # fails before any job
+    assert status == 1 and "Traceback" not in output
+    assert output.strip().splitlines()[-1] == (
         "[ERROR] cannot start the sweep: each job wants 2 GPUs but only 1 are visible (0): lower "
         "trainer.devices or hydra.launcher.devices_per_job"
     )
