@@ -114,6 +114,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.normalize, self.on_device = normalize, on_device
         self.fetch_size = fetch_size
         self.data: CachedData | None = None
+        self.prepared: CachedData | None = None  # what prepare_data loaded, for setup to split
         self.fetching: Fetching | None = None  # planned once the splits are known
 
     # -- preparing ---------------------------------------------------------------------------
@@ -138,8 +139,8 @@ class CIFAR10DataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         # Lightning calls this again before each test and validate: once loaded, the cache is
         # there (a folder's fingerprint alone reads all 60,000 file names).
-        if self.data is None:
-            self._load_splits()
+        if self.data is None and self.prepared is None:
+            self.prepared = self.load()
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
@@ -159,7 +160,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                     setattr(self, name, getattr(self, name).to(device))
 
     def _load_splits(self) -> None:
-        self.data = self.load()
+        self.data = self.prepared if self.prepared is not None else self.load()
         self.classes = list(self.data.classes)
         self.mean, self.std = NORMALIZATIONS.get(self.normalize, (self.data.mean, self.data.std))
         self.train_images = torch.from_numpy(self.data.train_images)
