@@ -36,6 +36,9 @@ STAND_IN = textwrap.dedent(
         kept = {{k: v for k, v in flat(cfg).items() if not fusable(k, FUSABLE)}}
         return json.dumps(kept, sort_keys=True, default=str)
 
+    def why_alone(cfg):
+        return None
+
     def train_group(cfgs, out_dirs):
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import open_dict, read_write
@@ -53,6 +56,7 @@ STAND_IN = textwrap.dedent(
 
     module = types.ModuleType("src.fused")
     module.FUSABLE, module.fusion_key, module.train_group = FUSABLE, fusion_key, train_group
+    module.why_alone = why_alone
     sys.modules["src.fused"] = module
     """
 ).format(fusable=FUSABLE)
