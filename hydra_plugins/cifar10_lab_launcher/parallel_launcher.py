@@ -41,7 +41,6 @@ from .summary import (
     RUNNING,
     Summary,
     SweepJobFailed,
-    job_return,
     left_unfinished,
     mark_dead,
     read_metrics,
@@ -381,17 +380,14 @@ class ParallelLauncher(Launcher):
 
     def _job_return(self, job: Job, failed: list[Job], total: int) -> JobReturn:
         assert self.summary is not None
-        return job_return(
-            job.name,
-            job.result,
-            [j.name for j in failed],
+        config = job.config
+        return self.summary.job_return(
+            job,
+            failed,
             total,
-            self.summary.path,
-            overrides=job.overrides,
-            cfg=job.config,
-            working_dir=str(job.dir),
-            task_name=job.config.hydra.job.name if job.config is not None else None,
-            hydra_cfg=job.config.hydra if job.config is not None else None,
+            cfg=config,
+            task_name=config.hydra.job.name if config is not None else None,
+            hydra_cfg=config.hydra if config is not None else None,
         )
 
     def _finished_before(self, job: Job) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, setup_globals
+from hydra.core.utils import configure_log, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as SubmititSlurmLauncher,
@@ -46,7 +46,6 @@ from .summary import (
     FINISHED,
     RUNNING,
     Summary,
-    job_return,
     left_unfinished,
     mark_dead,
     read_metrics,
@@ -204,7 +203,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
                 )
                 raise SystemExit(130) from None
         failed = self.summary.report_end(jobs)
-        return [self._job_return(job, failed, len(jobs)) for job in jobs]
+        return [self.summary.job_return(job, failed, len(jobs)) for job in jobs]
 
     def executor(self) -> Any:
         """submitit's executor, its requests sized to the partition (see `fit_to`)."""
@@ -289,18 +288,6 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def _record(self, job: Job, **fields: Any) -> None:
         assert self.summary is not None
         self.summary.record(job, **fields)
-
-    def _job_return(self, job: Job, failed: list, total: int) -> JobReturn:
-        assert self.summary is not None
-        return job_return(
-            job.name,
-            job.result,
-            [j.name for j in failed],
-            total,
-            self.summary.path,
-            overrides=job.overrides,
-            working_dir=str(job.dir),
-        )
 
 
 def partition_nodes(partition: str | None) -> Nodes:

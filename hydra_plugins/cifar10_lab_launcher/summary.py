@@ -95,6 +95,19 @@ class Summary:
         )
         return failed
 
+    def job_return(self, job: Any, failed: list[Any], total: int, **fields: Any) -> JobReturn:
+        """job_return for a launcher's job (both launchers' Job), naming this summary."""
+        return job_return(
+            job.name,
+            job.result,
+            [j.name for j in failed],
+            total,
+            self.path,
+            overrides=job.overrides,
+            working_dir=str(job.dir),
+            **fields,
+        )
+
     def reuse_finished(self, job: Any, metric: str | None) -> bool:
         """A relaunch: when the job's folder already holds a finished run, its result (`metric`
         of its metrics.json) becomes the job's and the job is recorded as skipped."""
