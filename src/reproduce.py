@@ -103,10 +103,10 @@ def describe_hardware(cfg: DictConfig) -> str:
     return f"{cores}-core CPU ({cpu}), no GPU"
 
 
-def train_args(row: Row, seed: int, probe: bool = False) -> list[str]:
-    """The overrides of one run (without the user's data overrides); a timing probe of
-    PROBE_BATCHES training batches if `probe`."""
-    args = [f"experiment={row.experiment}", *row.overrides, f"seed={seed}"]
+def train_args(row: Row, seeds: list[int], probe: bool = False) -> list[str]:
+    """The overrides of the row's runs with these seeds (without the user's data overrides); a
+    timing probe of PROBE_BATCHES training batches if `probe`."""
+    args = [f"experiment={row.experiment}", *row.overrides, f"seed={','.join(map(str, seeds))}"]
     if probe:  # skip validation and most of the test
         args += [
             "trainer.max_epochs=1",
@@ -154,52 +154,76 @@ def continues(run_dir: Path, rerun: bool) -> bool:
     return not rerun or status in (None, "running", "interrupted")
 
 
-def run_one(
-    row: Row, seed: int, probe: bool, overrides: list[str], lock: str | None, rerun: bool = False
-) -> dict:
-    """Train one run in a child process under the lock; returns its record for the results.
+def run_row(
+    row: Row,
+    seeds: list[int],
+    overrides: list[str],
+    lock: str | None,
+    rerun: bool = False,
+    probe: bool = False,
+) -> tuple[list[dict], list[str]]:
+    """Train `seeds` of one row (or its timing probe) in a child process under the lock; returns
+    the finished runs' records and one error line per seed that did not finish.
 
-    A run stopped earlier (killed, SIGTERM, Ctrl-C) continues from its last checkpoint."""
-    run_dir = RUNS / row.slug / ("probe" if probe else f"seed{seed}")
-    resume = not probe and continues(run_dir, rerun)
-    if not resume:
-        shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
+    One seed trains alone (`python -m src.train`); several train as one sweep on one slot, so
+    the launcher trains them as one fused group (docs/fused.md), each seed still in its own
+    folder with its own record. A run stopped earlier (killed, SIGTERM, Ctrl-C) continues from
+    its last checkpoint."""
+    folder = RUNS / row.slug
+    run_dirs = {seed: folder / ("probe" if probe else f"seed{seed}") for seed in seeds}
+    resume = {seed: not probe and continues(run_dir, rerun) for seed, run_dir in run_dirs.items()}
+    for seed, run_dir in run_dirs.items():
+        if not resume[seed]:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean (no best-v1.ckpt)
     cfg = recipe(row, overrides)
-    args = [*train_args(row, seed, probe), *overrides]
-    command = [
-        sys.executable,
-        "-m",
-        "src.train",
-        *args,
-        "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={run_dir}",
-        *(["resume=true"] if resume else []),
-    ]
+    args = [*train_args(row, seeds, probe), *overrides, "trainer.enable_progress_bar=false"]
+    if len(seeds) == 1:
+        where = [f"hydra.run.dir={run_dirs[seeds[0]]}"] + (
+            ["resume=true"] if resume[seeds[0]] else []
+        )
+    else:  # the launcher resumes the stopped ones itself (resume_key) and skips the finished
+        where = [
+            f"hydra.sweep.dir={folder}",
+            "hydra.sweep.subdir=seed${seed}",
+            "hydra.launcher.cpu_jobs=1",
+        ]
     with exclusive(lock):
-        log.info("%s: python -m src.train %s", "resuming" if resume else "running", " ".join(args))
-        done = subprocess.run(command, cwd=ROOT, check=False)
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    if done.returncode != 0 or metrics.get("status") != "finished":
-        raise RuntimeError(f"{row.key} seed {seed} failed (exit {done.returncode}); see {run_dir}")
-    record = {
-        "row": row.key,
-        "kind": "probe" if probe else "run",
-        "seed": seed,
-        "test_acc": None if probe else round(metrics["test/acc"], 2),
-        "per_class": None if probe else metrics["test/acc_per_class"],
-        "epochs": metrics["epochs"],
-        "epoch_time_s": metrics["epoch_time_s"],
-        "wall_time_s": metrics["wall_time_s"],
-        "data": describe_data(cfg),
-        "hardware": describe_hardware(cfg),
-        "date": datetime.date.today().isoformat(),
-        "command": shlex.join(["python", "-m", "src.train", *args]),
-        "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
-    }
-    if probe:
-        record["probe_batches"] = PROBE_BATCHES
-    return record
+        how = "resuming" if all(resume.values()) else "running"
+        sweep = ["-m"] if len(seeds) > 1 else []  # Hydra reads the flag before the overrides
+        log.info("%s: python -m src.train %s", how, " ".join(sweep + args))
+        done = subprocess.run(
+            [sys.executable, "-m", "src.train", *sweep, *args, *where], cwd=ROOT, check=False
+        )
+    records, errors = [], []
+    for seed, run_dir in run_dirs.items():
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        if metrics.get("status") != "finished":
+            errors.append(f"{row.key} seed {seed} failed (exit {done.returncode}); see {run_dir}")
+            continue
+        record = {
+            "row": row.key,
+            "kind": "probe" if probe else "run",
+            "seed": seed,
+            "test_acc": None if probe else round(metrics["test/acc"], 2),
+            "per_class": None if probe else metrics["test/acc_per_class"],
+            "epochs": metrics["epochs"],
+            "epoch_time_s": metrics["epoch_time_s"],
+            "wall_time_s": metrics["wall_time_s"],
+            "data": describe_data(cfg),
+            "hardware": describe_hardware(cfg),
+            "date": datetime.date.today().isoformat(),
+            "command": shlex.join(
+                ["python", "-m", "src.train", *train_args(row, [seed], probe), *overrides]
+            ),
+            "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
+        }
+        if metrics.get("fused_members", 1) > 1:  # its times are the whole group's
+            record["fused_members"] = metrics["fused_members"]
+        if probe:
+            record["probe_batches"] = PROBE_BATCHES
+        records.append(record)
+    return records, errors
 
 
 def estimate(row: Row, probe: dict, overrides: list[str]) -> str:
@@ -316,45 +340,48 @@ def merge(results: list[dict], paths: list[Path]) -> None:
         if not path.is_file():
             raise ConfigError(f"cannot merge {path}: no such file")
         for record in load_results(path):
-            key = (record["row"], record["kind"], record["seed"])
-            results[:] = [r for r in results if (r["row"], r["kind"], r["seed"]) != key]
-            results.append(record)
+            put(results, record)
+
+
+def put(results: list[dict], record: dict) -> None:
+    """Add one run to the record, in place of an earlier record of the same run."""
+    key = (record["row"], record["kind"], record["seed"])
+    results[:] = [r for r in results if (r["row"], r["kind"], r["seed"]) != key]
+    results.append(record)
 
 
 def run_all(args: argparse.Namespace, results: list[dict]) -> int:
-    """Make every missing run and probe; returns how many failed (the others still count)."""
+    """Make every missing run and probe; returns how many failed (the others still count).
+    A row's missing seeds train together, as one fused group."""
     todo = []
     for row in ROWS:
         if args.only and row.experiment not in args.only:
             continue
+        probe = row.gpu and not gpu_here(row, args.overrides)
         seeds = [seed for seed in row.seeds if args.seeds is None or seed in args.seeds]
-        jobs = [(seed, False) for seed in seeds]
-        if row.gpu and not gpu_here(row, args.overrides):
-            jobs = [] if args.no_probes else [(0, True)]
-        for seed, probe in jobs:
-            kind = "probe" if probe else "run"
-            done = any(
-                r["row"] == row.key and r["kind"] == kind and r["seed"] == seed for r in results
-            )
-            if args.rerun or not done:
-                todo.append((row, seed, probe))
+        if probe:
+            seeds = [] if args.no_probes else [0]
+        kind = "probe" if probe else "run"
+        recorded = {r["seed"] for r in results if r["row"] == row.key and r["kind"] == kind}
+        missing = [seed for seed in seeds if args.rerun or seed not in recorded]
+        if missing:
+            todo.append((row, missing, probe))
     failed = 0
-    for i, (row, seed, probe) in enumerate(todo, 1):
-        what = "timing probe" if probe else f"seed {seed}"
+    for i, (row, seeds, probe) in enumerate(todo, 1):
+        what = (
+            "timing probe"
+            if probe
+            else f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+        )
         log.info("[%d/%d] %s, %s", i, len(todo), row.key, what)
-        try:
-            record = run_one(row, seed, probe, args.overrides, args.lock, args.rerun)
-        except RuntimeError as err:
-            log.error("%s", err)
-            failed += 1
-            continue
-        results[:] = [
-            r
-            for r in results
-            if (r["row"], r["kind"], r["seed"]) != (record["row"], record["kind"], record["seed"])
-        ]
-        results.append(record)
-        save_results(args.out, results)
+        records, errors = run_row(row, seeds, args.overrides, args.lock, args.rerun, probe)
+        for error in errors:
+            log.error("%s", error)
+        failed += len(errors)
+        for record in records:
+            put(results, record)
+        if records:
+            save_results(args.out, results)
     return failed
 
 

@@ -156,9 +156,10 @@ def test_text_is_replaced_between_the_markers(tmp_path):
 
 def test_reproduce_records_resumes_and_never_repeats(folder_data, tmp_path, monkeypatch):
     """The whole loop on tiny data: one shortened row, run, recorded, not repeated (which runs
-    continue from a checkpoint: the test below)."""
+    continue from a checkpoint: the test below); the seeds left after a first pass train as one
+    fused group, each recorded as its own run."""
     row = Row(
-        "seed004_lenet3", "004 (test)", (("004", 1.0),), ("trainer.max_epochs=1",), seeds=(0, 1)
+        "seed004_lenet3", "004 (test)", (("004", 1.0),), ("trainer.max_epochs=1",), seeds=(0, 1, 2)
     )
     monkeypatch.setattr(reproduce, "ROWS", (row,))
     monkeypatch.setattr(tables, "ROWS", (row,))
@@ -188,8 +189,18 @@ def test_reproduce_records_resumes_and_never_repeats(folder_data, tmp_path, monk
     assert runs[0]["per_class"] == metrics["test/acc_per_class"]
     assert f"{runs[0]['test_acc']:.2f} (1 seed)" in doc.read_text()
     assert (tmp_path / "reproduce_seed000_width.png").is_file()
+    assert reproduce.main(args) == 0  # the rest: seeds 1 and 2 fused
+    runs = json.loads(results.read_text())["runs"]
+    assert [(r["seed"], r.get("fused_members")) for r in runs] == [(0, None), (1, 2), (2, 2)]
+    for r in runs[1:]:
+        metrics = json.loads(
+            (tmp_path / "runs" / row.slug / f"seed{r['seed']}" / "metrics.json").read_text()
+        )
+        assert (metrics["seed"], r["test_acc"]) == (r["seed"], round(metrics["test/acc"], 2))
+        assert r["command"].endswith(f"seed={r['seed']} " + " ".join(args[:5]))
+    assert "(3 seeds:" in doc.read_text() and "fused groups of 2" in doc.read_text()
     stamp = results.stat().st_mtime_ns
-    assert reproduce.main([*args, "--seeds", "0"]) == 0  # nothing left: the record is kept
+    assert reproduce.main(args) == 0  # nothing left: the record is kept
     assert results.stat().st_mtime_ns == stamp
 
 
@@ -212,11 +223,11 @@ def test_a_stopped_run_continues_and_rerun_repeats_a_finished_one(tmp_path):
 def test_rows_too_long_for_a_cpu_run_only_where_a_gpu_is(monkeypatch):
     made = []
 
-    def run_one(row, seed, probe, *args):
-        made.append((row.experiment, seed, probe))
-        return {"row": row.key, "kind": "run", "seed": seed}
+    def run_row(row, seeds, overrides, lock, rerun, probe):
+        made.extend((row.experiment, seed, probe) for seed in seeds)
+        return [{"row": row.key, "kind": "run", "seed": seed} for seed in seeds], []
 
-    monkeypatch.setattr(reproduce, "run_one", run_one)
+    monkeypatch.setattr(reproduce, "run_row", run_row)
     monkeypatch.setattr(reproduce, "save_results", lambda *a: None)
     args = argparse.Namespace(
         only=["seed003_bn6"],

@@ -92,7 +92,7 @@ def table(results: list[dict], estimate: Callable[[Row, dict], str]) -> str:
                 verdict_cell(row, accs, notes),
                 "; ".join(sorted({r["data"] for r in runs})),
                 "; ".join(sorted({r["hardware"] for r in runs})),
-                duration(statistics.mean(r["wall_time_s"] for r in runs)),
+                wall_time_per_seed(runs),
             ]
         elif probes:
             cells = [estimate(row, probes[-1]), "-", "-", probes[-1]["hardware"], "-"]
@@ -103,6 +103,15 @@ def table(results: list[dict], estimate: Callable[[Row, dict], str]) -> str:
         lines.append("| " + " | ".join([*first, *cells, command]) + " |")
     lines += [""] + [f"{i}. {note}." for i, note in enumerate(notes, 1)] if notes else []
     return "\n".join(lines)
+
+
+def wall_time_per_seed(runs: list[dict]) -> str:
+    """Mean wall time of a run; a run trained in a fused group of K counts a K-th of the group's
+    time (the group trained its K seeds at once)."""
+    per_seed = statistics.mean(r["wall_time_s"] / r.get("fused_members", 1) for r in runs)
+    fused = sorted({r["fused_members"] for r in runs if "fused_members" in r})
+    how = f" (seeds trained as fused groups of {' and '.join(map(str, fused))})" if fused else ""
+    return duration(per_seed) + how
 
 
 def headline(results: list[dict]) -> str:
