@@ -90,9 +90,11 @@ def seeds_time_to_accuracy(
     max_epochs: int,
     output_dir: Path,
     seed: int = 0,
+    lr: float = 0.001,
 ) -> dict:
-    """The seeds' loop (tutorial pipeline and recipe, batch 4) until the test accuracy reaches
-    `target`, evaluated every `eval_every` epochs with the clock stopped."""
+    """The seeds' loop (tutorial pipeline and recipe, batch 4; the network of `base`'s model and
+    learning rate `lr`) until the test accuracy reaches `target`, evaluated every `eval_every`
+    epochs with the clock stopped."""
     cfg = compose_train([*base, f"seed={seed}"], output_dir)
     set_threads(cfg.threads)
     dm = load_data(cfg)  # only its test split: the evaluation, outside the clock
@@ -102,7 +104,7 @@ def seeds_time_to_accuracy(
     every = max(1, round(eval_every * len(loader)))
     evals: list[tuple[float, float]] = []
     seconds, since = 0.0, time.perf_counter()
-    for step, _ in enumerate(seeds_steps(net, loader, epochs=max_epochs), start=1):
+    for step, _ in enumerate(seeds_steps(net, loader, max_epochs, lr), start=1):
         if step % every:
             continue
         seconds += time.perf_counter() - since
@@ -113,7 +115,7 @@ def seeds_time_to_accuracy(
         since = time.perf_counter()
     return {
         "recipe": "the tutorial's loop: torchvision data set, ToTensor + Normalize per image, "
-        "DataLoader with 2 workers, batch 4, SGD lr 0.001 momentum 0.9",
+        f"DataLoader with 2 workers, batch 4, SGD lr {lr:g} momentum 0.9, {cfg.model.name} net",
         **summarize(evals, target, len(loader.dataset)),
     }
 

@@ -53,9 +53,12 @@ def seeds_loader(cfg: DictConfig, batch_size: int = 4, workers: int = 2) -> Data
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
 
 
-def seeds_steps(net: nn.Module, loader: DataLoader, epochs: int = 1) -> Iterator[None]:
-    """The tutorial's training loop, step for step (running loss read with .item() included)."""
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+def seeds_steps(
+    net: nn.Module, loader: DataLoader, epochs: int = 1, lr: float = 0.001
+) -> Iterator[None]:
+    """The tutorial's training loop, step for step (running loss read with .item() included);
+    seed 000's width study is the same loop with its own `lr`."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
     net.train()
     for _ in range(epochs):

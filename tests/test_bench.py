@@ -116,14 +116,19 @@ def test_seeds_loop_runs_its_epochs_per_seed_and_resumes(bench_data, tmp_path, c
 
     results = tmp_path / "seeds_loop.json"
     args = ["--seeds", "0", "--out", str(results), *bench_data]
-    assert seeds_loop.main(args) == 0
+    assert seeds_loop.main(args) == 0  # the tutorial's recipe: 2 epochs
     runs = json.loads(results.read_text())["runs"]
-    assert [r["seed"] for r in runs] == [0]
-    assert len(runs[0]["test_acc_per_epoch"]) == seeds_loop.EPOCHS
+    assert [(r["study"], r["seed"]) for r in runs] == [(seeds_loop.TUTORIAL, 0)]
+    assert len(runs[0]["test_acc_per_epoch"]) == 2 and "lr 0.001 " in runs[0]["recipe"]
     assert f"1 seed: {runs[0]['test_acc_per_epoch'][-1]:.2f}" in capsys.readouterr().out
     before = results.read_text()
     assert seeds_loop.main(args) == 0  # recorded seeds are not run again
     assert results.read_text() == before
+    width = ["experiment=seed000_width", "model.n=8", "trainer.max_epochs=1"]
+    assert seeds_loop.main([*args, *width]) == 0  # another study's net and lr, its own record
+    runs = json.loads(results.read_text())["runs"]
+    assert [r["study"] for r in runs] == [seeds_loop.TUTORIAL, " ".join(width)]
+    assert len(runs[1]["test_acc_per_epoch"]) == 1 and "lr 0.0015 " in runs[1]["recipe"]
 
 
 def test_variants_time_each_setting_and_write_json(tmp_path, capsys):
