@@ -5,10 +5,11 @@
     flock /tmp/cifar10-lab-cpu.lock python -m benchmarks.sweep_launcher --fused --steps 1000 \
         data.source=folder data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg
 
-Default: a 4-job sweep (the tutorial net, one epoch, four learning rates) three ways: the
-parallel launcher with its default slots (one job per core, the cores split between them), the
-parallel launcher with one slot (one job at a time, every core), and Hydra's basic launcher (one
-job at a time inside the launching process).
+Default: a 4-job sweep (the tutorial net, one epoch, four learning rates) four ways: the
+parallel launcher as it comes (the jobs differ only in learning rate, so it trains them as fused
+groups, one per core), the parallel launcher unfused with its default slots (one job per core,
+the cores split between them), the parallel launcher with one slot (one job at a time, every
+core), and Hydra's basic launcher (one job at a time inside the launching process).
 
 `--fused`: a 16-job sweep of the seeds' tutorial recipe (batch 4; 4 seeds x 4 learning rates,
 `--steps` optimizer steps each, the test split at the end) with `hydra.launcher.fuse=off`
@@ -37,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "bench"
 # Four jobs of equal cost: one epoch of the tutorial net at four learning rates.
 LAUNCHER_SWEEP = ["optimizer.lr=0.01,0.02,0.05,0.1", "trainer.max_epochs=1"]
-LAUNCHER_WAYS = {  # unfused, to time the launcher itself
+LAUNCHER_WAYS = {  # as a user gets it (fused groups), then unfused: the launcher itself
+    "parallel launcher, default settings (fused)": [],
     "parallel launcher, default slots": ["hydra.launcher.fuse=off"],
     "parallel launcher, one job at a time": [
         "hydra.launcher.cpu_jobs=1",
@@ -98,8 +100,8 @@ def measure(args) -> int:
                 run["n_jobs"] = len(jobs)
                 run["jobs_per_hour"] = round(len(jobs) / run["wall_s"] * 3600)
                 run["test_acc"] = [j["test/acc"] for j in jobs]
+                run["fused_members"] = [j.get("fused_members", 1) for j in jobs]
                 if args.fused:
-                    run["fused_members"] = [j.get("fused_members", 1) for j in jobs]
                     run["ms_per_step_per_job"] = [round(step_ms(j, args.steps), 3) for j in jobs]
                 results[way].append(run)
                 print(f"round {round_ + 1}, {way}: {run['wall_s']} s", flush=True)
