@@ -21,12 +21,13 @@ from tests.conftest import compose_config, tiny_overrides
 MEMBERS = [
     ["seed=1", "optimizer.lr=0.01"],
     ["seed=2", "optimizer.lr=0.03", "optimizer.momentum=0.5", "model.label_smoothing=0.1"],
+    ["seed=4", "optimizer.lr=0.01"],  # the first one's SGD settings: one step for both
     ["seed=3", "optimizer=adam", "optimizer.lr=0.002", "scheduler=cosine"],
 ]
 # With batch norm, a conv bias before it has no true gradient: Adam scales its rounding noise
 # up to steps of about lr, in a single run as much as in a fused one, so the third member
 # uses SGD with weight decay there.
-BN_MEMBERS = [*MEMBERS[:2], ["seed=3", "optimizer.lr=0.02", "optimizer.weight_decay=0.01"]]
+BN_MEMBERS = [*MEMBERS[:3], ["seed=3", "optimizer.lr=0.02", "optimizer.weight_decay=0.01"]]
 
 
 def config(tmp_path: Path, data: Path, shared: list[str], own: list[str], run: Path):
@@ -71,7 +72,7 @@ def weights(run: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
 )
 def test_each_member_trains_the_weights_of_its_own_run(shared, members, folder_data, tmp_path):
     """Three epochs of batch 8 over 108 images (42 steps; 288 steps at batch 2 for the slow
-    case), three members with different seeds,
+    case), four members with different seeds,
     learning rates, optimizers, schedules and label smoothing: every weight equals the single
     run's to float32 rounding. Grouped convolutions and batched matmuls add in another order
     than a single net's, so results agree to about 1e-6 relative per step, and a few dozen
@@ -185,3 +186,50 @@ def test_a_killed_group_resumes_each_member_from_its_last_checkpoint(folder_data
             results[i]["test/acc"]
             == json.loads((whole[i] / "metrics.json").read_text())["test/acc"]
         )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"lr": 0.1, "momentum": 0.9},
+        {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        {"lr": 0.1, "momentum": 0.0, "weight_decay": 1e-3},
+    ],
+)
+def test_one_step_for_same_settings_sgd_members_equals_each_ones_own(settings):
+    """The group's SGD step (src.fused.optim) against each member's SGD.step, over five steps
+    with fresh gradients: bit for bit, momentum buffers included; a member with other settings
+    (another lr, or Adam) steps by itself."""
+    from src.fused.optim import step_all
+
+    def members() -> list[tuple[torch.nn.Module, torch.optim.Optimizer]]:
+        torch.manual_seed(0)
+        nets = [
+            torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(6, 2)) for _ in range(4)
+        ]
+        return [
+            (nets[0], torch.optim.SGD(nets[0].parameters(), **settings)),
+            (nets[1], torch.optim.SGD(nets[1].parameters(), **settings)),
+            (nets[2], torch.optim.SGD(nets[2].parameters(), **{**settings, "lr": 0.01})),
+            (nets[3], torch.optim.Adam(nets[3].parameters(), lr=0.01)),
+        ]
+
+    alone, together = members(), members()
+    for step in range(5):
+        gen = torch.Generator().manual_seed(step)
+        for pairs in (alone, together):
+            for net, _ in pairs:
+                for p in net.parameters():
+                    p.grad = torch.randn(p.shape, generator=gen)
+            gen.manual_seed(step)
+        for _, optimizer in alone:
+            optimizer.step()
+        step_all([optimizer for _, optimizer in together], [step == 0] * len(together))
+    for (net, optimizer), (fused_net, fused_optimizer) in zip(alone, together, strict=True):
+        for p, q in zip(net.parameters(), fused_net.parameters(), strict=True):
+            assert torch.equal(p, q)
+        state, fused_state = optimizer.state_dict()["state"], fused_optimizer.state_dict()["state"]
+        assert state.keys() == fused_state.keys()
+        for key in state:
+            for name, value in state[key].items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(fused_state[key][name]))

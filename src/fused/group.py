@@ -44,6 +44,7 @@ from src.devices import tune_backends
 from src.errors import TrainingDiverged
 from src.files import write_text
 from src.fused.net import FusedConvNet, MemberRandom, fuse_inputs
+from src.fused.optim import step_all
 from src.models.convnet import count_parameters, layer_summary
 from src.recovery import AtomicCheckpointIO, record_failure
 from src.run_folder import RunRecord
@@ -393,8 +394,12 @@ def train_fused(members: list[Member]) -> None:
                 with torch.no_grad():
                     correct = (logits.argmax(2) == y).sum(1)
                     step_losses = losses.detach()
+                # A fresh member's first step (a resumed one has its scheduler's count).
+                step_all(
+                    [m.optimizer for m in group.members],
+                    [m.global_step == 0 for m in group.members],
+                )
                 for m in group.members:
-                    m.optimizer.step()
                     if m.scheduler is not None:
                         m.scheduler.step()
                     m.global_step += 1
