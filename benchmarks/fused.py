@@ -1,10 +1,11 @@
 """Fused sweeps (src.fused) against separate runs: the tutorial net at the seeds' batch 4.
 
-K members, each with its own seed (weights), learning rate and SGD optimizer (momentum 0.9), for
-a fixed number of optimizer steps on random data (speed only): K separate nets stepped one after
-another (the Classifier's step: forward, cross-entropy, zero_grad, backward, step), and the K
-fused by src.fused.FusedConvNet as train_group steps them (weights concatenated per step, one
-backward, each member's own optimizer step). Prints and writes ms per step per member to
+K members, each with its own seed (weights) and SGD optimizer (momentum 0.9), with learning rates
+as in a sweep of 4 of them (members 0, 4, 8, ... share one), for a fixed number of optimizer steps
+on random data (speed only): K separate nets stepped one after another (the Classifier's step:
+forward, cross-entropy, zero_grad, backward, step), and the K fused by src.fused.FusedConvNet as
+train_group steps them (weights concatenated per step, one backward, one SGD step per learning
+rate over its members' parameters: src.fused.optim). Prints and writes ms per step per member to
 results/bench/fused.json.
 
     nice python -m benchmarks.fused [--steps 200] [K ...]
@@ -24,10 +25,12 @@ import torch.nn.functional as F
 from src.cli import ToolParser, run_tool
 from src.files import write_json
 from src.fused.net import FusedConvNet, fuse_inputs
+from src.fused.optim import step_all
 from src.models import ConvNet
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench" / "fused.json"
 BATCH = 4
+LEARNING_RATES = (0.0005, 0.001, 0.002, 0.004)  # benchmarks.sweep_launcher --fused's
 
 
 def tutorial_net(seed: int) -> ConvNet:  # conf/model/tutorial.yaml
@@ -35,10 +38,10 @@ def tutorial_net(seed: int) -> ConvNet:  # conf/model/tutorial.yaml
     return ConvNet([6, 16], kernel_size=5, hidden=[120, 84])
 
 
-def optimizers(nets, lrs):
+def optimizers(nets):
     return [
-        torch.optim.SGD(n.parameters(), lr=lr, momentum=0.9)
-        for n, lr in zip(nets, lrs, strict=True)
+        torch.optim.SGD(n.parameters(), lr=LEARNING_RATES[i % len(LEARNING_RATES)], momentum=0.9)
+        for i, n in enumerate(nets)
     ]
 
 
@@ -53,7 +56,7 @@ def clock(step, steps: int, warm: int = 20) -> float:
 
 def separate(k: int, steps: int) -> float:
     nets = [tutorial_net(i) for i in range(k)]
-    opts = optimizers(nets, [1e-3 * (i + 1) for i in range(k)])
+    opts = optimizers(nets)
     x, y = torch.rand(k, BATCH, 3, 32, 32), torch.randint(0, 10, (k, BATCH))
 
     def step():
@@ -68,7 +71,7 @@ def separate(k: int, steps: int) -> float:
 
 def fused(k: int, steps: int) -> float:
     nets = [tutorial_net(i) for i in range(k)]
-    opts = optimizers(nets, [1e-3 * (i + 1) for i in range(k)])
+    opts = optimizers(nets)
     net = FusedConvNet(nets)
     x = fuse_inputs(torch.rand(k * BATCH, 3, 32, 32), k)
     y = torch.randint(0, 10, (k, BATCH))
@@ -79,8 +82,7 @@ def fused(k: int, steps: int) -> float:
         for opt in opts:
             opt.zero_grad()
         losses.view(k, BATCH).mean(1).sum().backward()
-        for opt in opts:
-            opt.step()
+        step_all(opts, first=[False] * k)
 
     return clock(step, steps)
 
