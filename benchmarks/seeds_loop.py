@@ -25,9 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from benchmarks.accuracy import seeds_time_to_accuracy
 from benchmarks.common import compose_train
 from src.cli import ToolParser, run_tool
+from src.errors import ConfigError
 from src.files import write_json
 
 log = logging.getLogger("seeds_loop")
@@ -50,14 +53,36 @@ def main(argv: list[str] | None = None) -> int:
     return run_tool(lambda: seeds_loop(args))
 
 
+def check_loop_runs(cfg: DictConfig) -> None:
+    """The loop runs the seeds' recipe (batch 4, SGD with momentum 0.9 and nothing else, no
+    schedule, no augmentation): refuse a recipe it would not run as configured."""
+    differs = {
+        "data.batch_size=4": cfg.data.batch_size == 4,
+        "optimizer=sgd": cfg.optimizer._target_ == "torch.optim.SGD",
+        "optimizer.momentum=0.9": cfg.optimizer.get("momentum") == 0.9,
+        "optimizer.weight_decay=0": not cfg.optimizer.get("weight_decay"),
+        "optimizer.nesterov=false": not cfg.optimizer.get("nesterov"),
+        "scheduler=none": not cfg.get("scheduler"),
+        "data.augment=none": cfg.data.augment in (None, "none"),
+        "model.label_smoothing=0": not cfg.model.get("label_smoothing"),
+    }
+    wrong = [setting for setting, holds in differs.items() if not holds]
+    if wrong:
+        raise ConfigError(
+            f"the tutorial's loop runs the seeds' recipe only; this one needs {', '.join(wrong)}"
+        )
+
+
 def seeds_loop(args: argparse.Namespace) -> int:
     runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
     recipe = [o for o in args.overrides if not o.startswith(("data.", "threads="))]
-    named = any(o.startswith("experiment=") for o in recipe)
-    overrides = args.overrides if named else [TUTORIAL, *args.overrides]
-    study = " ".join(recipe) or TUTORIAL
+    if not any(o.startswith("experiment=") for o in recipe):
+        recipe = [TUTORIAL, *recipe]
+    overrides = [*recipe, *(o for o in args.overrides if o not in recipe)]
+    study = " ".join(recipe)
     with tempfile.TemporaryDirectory() as scratch:
         cfg = compose_train(overrides, Path(scratch))
+    check_loop_runs(cfg)
     epochs, lr = int(cfg.trainer.max_epochs), float(cfg.optimizer.lr)
     for seed in args.seeds:
         if any(r["seed"] == seed and r.get("study", TUTORIAL) == study for r in runs):
@@ -75,7 +100,7 @@ def seeds_loop(args: argparse.Namespace) -> int:
                 "test_acc_per_epoch": [point[1] for point in result["curve"]],
                 "train_s": result["curve"][-1][0],
                 "recipe": result["recipe"],
-                "data": " ".join(o for o in args.overrides if o not in recipe),
+                "data": " ".join(o for o in overrides if o not in recipe),
             }
         )
         write_json(

@@ -4,9 +4,11 @@
     python -m src.reproduce data.source=folder data.root=$HOME/.cache/cifar10-lab/cifar10-jpeg
     make reproduce
 
-Every run is `python -m src.train experiment=<name> seed=<seed>` in a child process, started only
-while this process holds an exclusive lock on a file (`--lock`), one run per lock: on a shared
-machine, jobs that take the same lock take turns with ours. Finished runs go into
+Every run is `python -m src.train experiment=<name> seed=<seed>`, made in a child process started
+only while this process holds an exclusive lock on a file (`--lock`): on a shared machine, jobs
+that take the same lock take turns with ours. A row's missing seeds train in one child, as one
+sweep (`-m seed=1,2`) whose jobs the launcher trains as a fused group (docs/fused.md); a lone seed
+trains alone. Finished runs go into
 results/reproduce.json (run again to resume: recorded runs are not repeated, and a run that was
 stopped continues from its last checkpoint). The rows are the studies' published figures
 (src/studies/rows.py). From that file alone the tool rebuilds docs/reproducing.md's table (with a
@@ -142,9 +144,10 @@ def exclusive(lock: str | None) -> Iterator[None]:
 
 
 def continues(run_dir: Path, rerun: bool) -> bool:
-    """Whether a run goes on from its folder's last checkpoint: a stopped run (running when it
-    was killed, or interrupted) does, and without --rerun so does any other (a finished one
-    whose record was lost is only tested again); --rerun repeats the others from scratch."""
+    """Whether a run's folder is kept for it to go on from its last checkpoint: a stopped run's
+    (running when it was killed, or interrupted) is, and without --rerun so is any other (a
+    finished one whose record was lost is recorded from its folder, or tested again); --rerun
+    starts the others from scratch."""
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         return False
     try:
@@ -165,10 +168,11 @@ def run_row(
     """Train `seeds` of one row (or its timing probe) in a child process under the lock; returns
     the finished runs' records and one error line per seed that did not finish.
 
-    One seed trains alone (`python -m src.train`); several train as one sweep on one slot, so
-    the launcher trains them as one fused group (docs/fused.md), each seed still in its own
-    folder with its own record. A run stopped earlier (killed, SIGTERM, Ctrl-C) continues from
-    its last checkpoint."""
+    One seed trains alone (`python -m src.train`); several train as one sweep, which the
+    launcher trains as fused groups (docs/fused.md): one on a CPU (one slot: the row takes its
+    turn on the cores it is given), one per GPU on a machine with several. Each seed keeps its
+    own folder and record. A run stopped earlier (killed, SIGTERM, Ctrl-C) continues from its
+    last checkpoint."""
     folder = RUNS / row.slug
     run_dirs = {seed: folder / ("probe" if probe else f"seed{seed}") for seed in seeds}
     resume = {seed: not probe and continues(run_dir, rerun) for seed, run_dir in run_dirs.items()}
@@ -187,13 +191,12 @@ def run_row(
             "hydra.sweep.subdir=seed${seed}",
             "hydra.launcher.cpu_jobs=1",
         ]
+    sweep = ["-m"] if len(seeds) > 1 else []  # Hydra reads the flag before the overrides
+    command = ["-m", "src.train", *sweep, *args, *where]
     with exclusive(lock):
         how = "resuming" if all(resume.values()) else "running"
-        sweep = ["-m"] if len(seeds) > 1 else []  # Hydra reads the flag before the overrides
-        log.info("%s: python -m src.train %s", how, " ".join(sweep + args))
-        done = subprocess.run(
-            [sys.executable, "-m", "src.train", *sweep, *args, *where], cwd=ROOT, check=False
-        )
+        log.info("%s: %s", how, shlex.join(["python", *command]))
+        done = subprocess.run([sys.executable, *command], cwd=ROOT, check=False)
     records, errors = [], []
     for seed, run_dir in run_dirs.items():
         metrics_file = run_dir / "metrics.json"

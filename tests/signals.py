@@ -38,3 +38,9 @@ class SignalAt(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
         if self.during_validation and batch_idx == 0:
             self._fire(trainer)
+
+
+def signal_at(step: int, name: str = "SIGKILL", during_validation: bool = False) -> str:
+    """An override that makes the run signal itself after training step `step`."""
+    args = f"step: {step}, signal_name: {name}, during_validation: {str(during_validation).lower()}"
+    return f"+callbacks.signal={{_target_: tests.signals.SignalAt, {args}}}"

@@ -252,3 +252,16 @@ def test_train_clock_counts_training_and_stops_for_validation():
     assert 0.4 <= clock.seconds <= fit_seconds - 1.6
     times = [seconds for seconds, _, _ in clock.evals]
     assert times == sorted(times) and times[-1] == pytest.approx(clock.seconds, abs=0.1)
+
+
+def test_seeds_loop_refuses_a_recipe_its_loop_would_not_run(tmp_path, capsys):
+    from benchmarks import seeds_loop
+
+    out = tmp_path / "seeds_loop.json"
+    argv = ["experiment=seed000_width", "optimizer.momentum=0.5", "--out", str(out)]
+    assert seeds_loop.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "[ERROR] the tutorial's loop runs the seeds' recipe only; this one needs "
+        "optimizer.momentum=0.9\n"
+    )
+    assert not out.exists()

@@ -35,14 +35,9 @@ from tests.conftest import (
     run_entry,
     tiny_overrides,
 )
+from tests.signals import signal_at
 
 RESULT_KEYS = ("val/acc_best", "test/acc", "test/loss", "test/acc_per_class", "epochs")
-
-
-def signal_at(step: int, name: str = "SIGKILL", during_validation: bool = False) -> str:
-    """An override that makes the run signal itself after training step `step`."""
-    args = f"step: {step}, signal_name: {name}, during_validation: {str(during_validation).lower()}"
-    return f"+callbacks.signal={{_target_: tests.signals.SignalAt, {args}}}"
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from unittest import mock
 
@@ -16,6 +17,7 @@ from src.data.loader import pixels_to_float
 from src.fused import train_group
 from src.train import train
 from tests.conftest import compose_config, tiny_overrides
+from tests.signals import signal_at
 
 # Members differ in seed and in what each may hold for itself.
 MEMBERS = [
@@ -25,7 +27,7 @@ MEMBERS = [
     ["seed=3", "optimizer=adam", "optimizer.lr=0.002", "scheduler=cosine"],
 ]
 # With batch norm, a conv bias before it has no true gradient: Adam scales its rounding noise
-# up to steps of about lr, in a single run as much as in a fused one, so the third member
+# up to steps of about lr, in a single run as much as in a fused one, so the fourth member
 # uses SGD with weight decay there.
 BN_MEMBERS = [*MEMBERS[:3], ["seed=3", "optimizer.lr=0.02", "optimizer.weight_decay=0.01"]]
 
@@ -95,6 +97,31 @@ def test_each_member_trains_the_weights_of_its_own_run(shared, members, folder_d
     assert not torch.allclose(
         weights(dirs[0])["net.features.0.weight"], weights(dirs[1])["net.features.0.weight"]
     )
+
+
+def test_a_job_stopped_mid_epoch_trains_alone_from_where_it_stopped(folder_data, tmp_path):
+    """A single run stopped by SIGTERM inside its second epoch (its last.ckpt is a mid-epoch
+    save), relaunched beside another job: it cannot join a group (a member resumes at an
+    epoch's start), so it trains alone from its batch on and ends with the weights of the run
+    that was never stopped."""
+    reference = tmp_path / "reference"
+    train(config(tmp_path, folder_data, [], ["seed=1"], reference))
+    stopped, other = tmp_path / "stopped", tmp_path / "other"
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit):
+            train(config(tmp_path, folder_data, [], ["seed=1", signal_at(20, "SIGTERM")], stopped))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    cfgs = [
+        config(tmp_path, folder_data, [], ["seed=1", "resume=true"], stopped),  # as the launcher
+        config(tmp_path, folder_data, [], ["seed=2"], other),
+    ]
+    results = train_group(cfgs, [stopped, other])
+    assert [r["status"] for r in results] == ["finished", "finished"]
+    assert results[0]["resumed_from"].endswith("last.ckpt") and "fused_members" not in results[0]
+    mine, theirs = weights(stopped), weights(reference)
+    assert all(torch.equal(mine[name], theirs[name]) for name in theirs)
 
 
 def test_each_member_folder_is_a_single_runs_folder(folder_data, tmp_path):
@@ -200,6 +227,7 @@ def test_one_step_for_same_settings_sgd_members_equals_each_ones_own(settings):
     """The group's SGD step (src.fused.optim) against each member's SGD.step, over five steps
     with fresh gradients: bit for bit, momentum buffers included; a member with other settings
     (another lr, or Adam) steps by itself."""
+    from src.fused import optim
     from src.fused.optim import step_all
 
     def members() -> list[tuple[torch.nn.Module, torch.optim.Optimizer]]:
@@ -224,7 +252,12 @@ def test_one_step_for_same_settings_sgd_members_equals_each_ones_own(settings):
             gen.manual_seed(step)
         for _, optimizer in alone:
             optimizer.step()
-        step_all([optimizer for _, optimizer in together], [step == 0] * len(together))
+        optimizers = [optimizer for _, optimizer in together]
+        with mock.patch("src.fused.optim.step_sgd", wraps=optim.step_sgd) as joint:
+            step_all(optimizers, [step == 0] * len(together))
+        # After the first step (each alone), the two with equal settings step as one.
+        stepped = [call.args[0] for call in joint.call_args_list]
+        assert stepped == ([] if step == 0 else [optimizers[:2]])
     for (net, optimizer), (fused_net, fused_optimizer) in zip(alone, together, strict=True):
         for p, q in zip(net.parameters(), fused_net.parameters(), strict=True):
             assert torch.equal(p, q)

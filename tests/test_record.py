@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 
 import pytest
 import torch
@@ -269,3 +270,48 @@ def test_merge_adds_another_machines_runs(tmp_path):
 def test_reproduce_rejects_an_unknown_experiment(capsys):
     assert reproduce.main(["--only", "seed999", "--table-only"]) == 2
     assert "unknown experiment(s) ['seed999']" in capsys.readouterr().err
+
+
+def test_a_rows_seeds_train_as_one_sweep_and_a_failed_seed_loses_no_other(tmp_path, monkeypatch):
+    """The command a row's missing seeds run as (one sweep, each seed in its own folder), what
+    is recorded when one seed fails and another leaves nothing, and --rerun starting clean."""
+    row = Row("seed004_lenet3", "004 (test)", (("004", 1.0),), (), seeds=(0, 1, 2))
+    monkeypatch.setattr(reproduce, "ROWS", (row,))
+    monkeypatch.setattr(reproduce, "RUNS", tmp_path / "runs")
+    folder = tmp_path / "runs" / row.slug
+    commands, found = [], []
+
+    real_run = subprocess.run
+
+    def run(command, **kwargs):  # seed 0 finishes, seed 1 fails, seed 2 leaves nothing
+        if command[1:3] != ["-m", "src.train"]:  # platform's `uname -p`
+            return real_run(command, **kwargs)
+        commands.append(command)
+        found.append(sorted(p.name for p in folder.iterdir()) if folder.exists() else [])
+        for seed, status in ((0, "finished"), (1, "failed")):
+            (folder / f"seed{seed}" / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (folder / f"seed{seed}" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+            record = {"status": status, "test/acc": 50.0, "test/acc_per_class": {}, "epochs": 1}
+            record |= {"epoch_time_s": 1.0, "wall_time_s": 3.0, "fused_members": 3}
+            (folder / f"seed{seed}" / "metrics.json").write_text(json.dumps(record))
+        return subprocess.CompletedProcess(command, 1)
+
+    monkeypatch.setattr(reproduce.subprocess, "run", run)
+    args = argparse.Namespace(
+        only=None, seeds=None, no_probes=True, rerun=False, overrides=[], lock=None,
+        out=tmp_path / "reproduce.json",
+    )  # fmt: skip
+    results: list[dict] = []
+    assert reproduce.run_all(args, results) == 2  # seeds 1 and 2
+    assert [(r["seed"], r["fused_members"]) for r in results] == [(0, 3)]
+    assert results[0]["command"] == "python -m src.train experiment=seed004_lenet3 seed=0"
+    command = commands[0]
+    assert command[1:5] == ["-m", "src.train", "-m", "experiment=seed004_lenet3"]
+    assert "seed=0,1,2" in command and "hydra.sweep.subdir=seed${seed}" in command
+    assert f"hydra.sweep.dir={folder}" in command
+    # Again: seed 0 is recorded; seed 1 (failed, with a checkpoint) is kept to go on from.
+    assert reproduce.run_all(args, results) == 2
+    assert "seed=1,2" in commands[1] and found[1] == ["seed0", "seed1"]
+    args.rerun = True  # everything from scratch: no folder is left to the sweep
+    assert reproduce.run_all(args, results) == 2
+    assert "seed=0,1,2" in commands[2] and found[2] == []

@@ -36,10 +36,11 @@ def read_metrics(job_dir: Path) -> dict[str, Any]:
 
 
 def left_unfinished(job_dir: Path) -> bool:
-    """An earlier launch left this job unfinished with a checkpoint to continue from."""
+    """An earlier launch left this job unfinished with a checkpoint to continue from (its record
+    says so, or is missing or damaged: the job was killed before or while writing it)."""
     return (job_dir / "checkpoints" / "last.ckpt").is_file() and read_metrics(job_dir).get(
         "status"
-    ) not in (None, FINISHED)
+    ) != FINISHED
 
 
 def mark_dead(job_dir: Path, error: str) -> None:

@@ -126,8 +126,9 @@ def train_group(cfgs: list[DictConfig], out_dirs: list[Path]) -> list[dict]:
     checkpoints). Returns each member's metrics dict (as src.train.train returns), in order.
     A member that diverges is recorded as `diverged` and dropped while the others go on; a
     member whose folder holds a last.ckpt (an earlier, killed group) resumes from it; a member
-    already finished is not trained again. A job that cannot be fused (why_alone), or a group
-    of one, trains alone through src.train.train. Raises only for a fault of the whole group
+    already finished is not trained again. A job that cannot be fused (why_alone), one whose
+    last.ckpt was saved mid-epoch (stopped_mid_epoch), or a group of one, trains alone through
+    src.train.train. Raises only for a fault of the whole group
     (then every unfinished member is recorded as failed, with the error).
     """
     import time
@@ -146,7 +147,7 @@ def train_group(cfgs: list[DictConfig], out_dirs: list[Path]) -> list[dict]:
         record = m.out_dir / "metrics.json"
         if record.is_file() and json.loads(record.read_text()).get("status") == "finished":
             results[m.index] = json.loads(record.read_text())
-        elif why_alone(m.cfg):
+        elif why_alone(m.cfg) or stopped_mid_epoch(m.cfg):
             alone.append(m)
         else:
             together.append(m)
@@ -175,6 +176,19 @@ def train_group(cfgs: list[DictConfig], out_dirs: list[Path]) -> list[dict]:
         m.close_log()
         results[m.index] = _train_alone(m)
     return results
+
+
+def stopped_mid_epoch(cfg: DictConfig) -> bool:
+    """Whether the job's last.ckpt was saved inside an epoch (a single run's save on SIGTERM or
+    on its timer): a fused member resumes at the start of an epoch, so such a job trains alone,
+    where Lightning continues from that batch."""
+    from src.checkpoint import read_checkpoint
+
+    resume = cfg.get("callbacks", {}).get("resume_checkpoint")
+    if not resume or not Path(resume.path).is_file():
+        return False
+    loops = read_checkpoint(resume.path, ("loops",))["loops"]
+    return not loops["fit_loop"]["epoch_loop.batch_progress"]["is_last_batch"]
 
 
 def _train_alone(member) -> dict:

@@ -7,7 +7,8 @@ settings at this step (every member of a seed sweep; an lr sweep's members of on
 multi-tensor step over all their parameters instead: torch's own SGD update
 (torch.optim.sgd.sgd, foreach), so each member's numbers are those its SGD.step would give.
 Other optimizers step alone, and so does every optimizer's first step: an LR scheduler warns
-unless that one was taken by optimizer.step.
+unless that one was taken by optimizer.step. (With nesterov, the multi-tensor update leaves the
+momentum-added value in the gradient tensors; nothing reads them before the next zero_grad.)
 """
 
 from __future__ import annotations

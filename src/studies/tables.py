@@ -106,12 +106,16 @@ def table(results: list[dict], estimate: Callable[[Row, dict], str]) -> str:
 
 
 def wall_time_per_seed(runs: list[dict]) -> str:
-    """Mean wall time of a run; a run trained in a fused group of K counts a K-th of the group's
-    time (the group trained its K seeds at once)."""
+    """Mean wall time of a run; a run trained in a fused group of K counts a K-th of its own
+    wall time (the group trained its K seeds at once; members are tested one after another, so
+    this is a little under a K-th of the group's time)."""
     per_seed = statistics.mean(r["wall_time_s"] / r.get("fused_members", 1) for r in runs)
-    fused = sorted({r["fused_members"] for r in runs if "fused_members" in r})
-    how = f" (seeds trained as fused groups of {' and '.join(map(str, fused))})" if fused else ""
-    return duration(per_seed) + how
+    fused = [r["fused_members"] for r in runs if "fused_members" in r]
+    if not fused:
+        return duration(per_seed)
+    sizes = " and ".join(map(str, sorted(set(fused))))
+    which = "seeds" if len(fused) == len(runs) else f"{len(fused)} of the {len(runs)} seeds"
+    return f"{duration(per_seed)} ({which} trained as fused groups of {sizes})"
 
 
 def headline(results: list[dict]) -> str:
