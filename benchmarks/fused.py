@@ -38,6 +38,12 @@ def tutorial_net(seed: int) -> ConvNet:  # conf/model/tutorial.yaml
     return ConvNet([6, 16], kernel_size=5, hidden=[120, 84])
 
 
+def images(n: int) -> torch.Tensor:
+    """Random images laid out as the loader hands them out: channels-last (the cache holds
+    N x H x W x C), which is what the convolutions run on in training."""
+    return torch.rand(n, 32, 32, 3).permute(0, 3, 1, 2)
+
+
 def optimizers(nets):
     return [
         torch.optim.SGD(n.parameters(), lr=LEARNING_RATES[i % len(LEARNING_RATES)], momentum=0.9)
@@ -57,7 +63,7 @@ def clock(step, steps: int, warm: int = 20) -> float:
 def separate(k: int, steps: int) -> float:
     nets = [tutorial_net(i) for i in range(k)]
     opts = optimizers(nets)
-    x, y = torch.rand(k, BATCH, 3, 32, 32), torch.randint(0, 10, (k, BATCH))
+    x, y = [images(BATCH) for _ in range(k)], torch.randint(0, 10, (k, BATCH))
 
     def step():
         for i, (net, opt) in enumerate(zip(nets, opts, strict=True)):
@@ -73,7 +79,7 @@ def fused(k: int, steps: int) -> float:
     nets = [tutorial_net(i) for i in range(k)]
     opts = optimizers(nets)
     net = FusedConvNet(nets)
-    x = fuse_inputs(torch.rand(k * BATCH, 3, 32, 32), k)
+    x = fuse_inputs(images(k * BATCH), k)
     y = torch.randint(0, 10, (k, BATCH))
 
     def step():
