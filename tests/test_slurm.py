@@ -82,6 +82,9 @@ def test_a_sweep_runs_as_a_slurm_job_array(slurm, folder_data, tmp_path):
     assert (sweep / "report" / "report.md").read_text().count("seed=") >= 3
 
 
+# Slow: .ci/run runs it with the other slow SLURM tests; the failure bookkeeping it shares with
+# the parallel launcher is tested in make test (tests/test_sweeps.py).
+@pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_others_finish(slurm, folder_data, tmp_path):
     args = slurm_args(
         tmp_path,
