@@ -245,16 +245,15 @@ def plan(data: Path, out: Path, runs: Path = ROOT / "outputs" / "gpu-check") -> 
     sweep = ["-m", *short, "++trainer.max_steps=200", "seed=1,2,3,4"]
 
     def judge_g(done):
+        from hydra_plugins.cifar10_lab_launcher.parallel_launcher import LAUNCHING
+
         gpu_log = done[0].stdout + done[0].stderr
         cpu_log = done[1].stdout + done[1].stderr
         figures = {
-            "gpu_4_at_once": "launching 4 jobs (4 processes), 4 at a time" in gpu_log,
+            "gpu_4_at_once": LAUNCHING % (4, 4, 4) in gpu_log,
             "cpu_slots": re.findall(r"\(cpu, cores [0-9,-]+", cpu_log),
         }
-        cpu_ok = (
-            len(figures["cpu_slots"]) == 2
-            and "launching 2 jobs (2 processes), 2 at a time" in cpu_log
-        )
+        cpu_ok = len(figures["cpu_slots"]) == 2 and LAUNCHING % (2, 2, 2) in cpu_log
         fused_log = done[2].stdout + done[2].stderr
         fused = [metrics(runs / "g_fused_sweep" / f"seed={s}") for s in range(1, 5)]
         figures["fused_group"] = "group 1/1: fused 4 jobs" in fused_log

@@ -93,7 +93,7 @@ def test_the_sweep_step_reads_the_launchers_own_lines(tmp_path):
     log.setLevel(logging.INFO)
     try:
         for n in (4, 2):
-            log.info(parallel_launcher.LAUNCHING, n, n, n, "x")
+            log.info(parallel_launcher.LAUNCHING + ", into %s", n, n, n, "x")
     finally:
         log.removeHandler(handler)
         log.setLevel(level)

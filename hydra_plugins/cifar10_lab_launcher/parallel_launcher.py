@@ -47,8 +47,8 @@ from .summary import (
 )
 
 log = logging.getLogger(__name__)
-# The line that opens a sweep (the GPU check reads it).
-LAUNCHING = "launching %d jobs (%d processes), %d at a time, into %s"
+# The line that opens a sweep, before its folder (the GPU check reads it).
+LAUNCHING = "launching %d jobs (%d processes), %d at a time"
 
 POLL_S = 0.2
 
@@ -421,7 +421,7 @@ class ParallelLauncher(Launcher):
         slots = self._slots(gpus, len(units))
         if units:
             log.info(
-                LAUNCHING,
+                LAUNCHING + ", into %s",
                 len(todo),
                 len(units),
                 len(slots),
