@@ -75,6 +75,8 @@ def check_loop_runs(cfg: DictConfig) -> None:
 
 def seeds_loop(args: argparse.Namespace) -> int:
     runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
+    for run in runs:  # records from before other studies ran were the tutorial's
+        run.setdefault("study", TUTORIAL)
     recipe = [o for o in args.overrides if not o.startswith(("data.", "threads="))]
     if not any(o.startswith("experiment=") for o in recipe):
         recipe = [TUTORIAL, *recipe]
@@ -85,7 +87,7 @@ def seeds_loop(args: argparse.Namespace) -> int:
     check_loop_runs(cfg)
     epochs, lr = int(cfg.trainer.max_epochs), float(cfg.optimizer.lr)
     for seed in args.seeds:
-        if any(r["seed"] == seed and r.get("study", TUTORIAL) == study for r in runs):
+        if any(r["seed"] == seed and r["study"] == study for r in runs):
             continue
         log.info("seed %d: %d epochs of the tutorial's loop, %s", seed, epochs, study)
         with tempfile.TemporaryDirectory() as scratch:
@@ -103,13 +105,9 @@ def seeds_loop(args: argparse.Namespace) -> int:
                 "data": " ".join(o for o in overrides if o not in recipe),
             }
         )
-        write_json(
-            args.out, {"runs": sorted(runs, key=lambda r: (r.get("study", TUTORIAL), r["seed"]))}
-        )
+        write_json(args.out, {"runs": sorted(runs, key=lambda r: (r["study"], r["seed"]))})
     final = [
-        r["test_acc_per_epoch"][-1]
-        for r in runs
-        if r.get("study", TUTORIAL) == study and r["seed"] in args.seeds
+        r["test_acc_per_epoch"][-1] for r in runs if r["study"] == study and r["seed"] in args.seeds
     ]
     spread = f" ± {statistics.stdev(final):.2f}" if len(final) > 1 else ""
     seeds = f"{len(final)} seed{'s' * (len(final) > 1)}"
