@@ -182,17 +182,16 @@ def run_row(
     cfg = recipe(row, overrides)
     args = [*train_args(row, seeds, probe), *overrides, "trainer.enable_progress_bar=false"]
     if len(seeds) == 1:
-        where = [f"hydra.run.dir={run_dirs[seeds[0]]}"] + (
-            ["resume=true"] if resume[seeds[0]] else []
-        )
+        mode, where = [], [f"hydra.run.dir={run_dirs[seeds[0]]}"]
+        where += ["resume=true"] if resume[seeds[0]] else []
     else:  # the launcher resumes the stopped ones itself (resume_key) and skips the finished
+        mode = ["-m"]  # Hydra reads the flag before the overrides
         where = [
             f"hydra.sweep.dir={folder}",
             "hydra.sweep.subdir=seed${seed}",
             "hydra.launcher.cpu_jobs=1",
         ]
-    sweep = ["-m"] if len(seeds) > 1 else []  # Hydra reads the flag before the overrides
-    command = ["-m", "src.train", *sweep, *args, *where]
+    command = ["-m", "src.train", *mode, *args, *where]
     with exclusive(lock):
         how = "resuming" if all(resume.values()) else "running"
         log.info("%s: %s", how, shlex.join(["python", *command]))
