@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 import lightning as L
 
@@ -44,3 +45,18 @@ def signal_at(step: int, name: str = "SIGKILL", during_validation: bool = False)
     """An override that makes the run signal itself after training step `step`."""
     args = f"step: {step}, signal_name: {name}, during_validation: {str(during_validation).lower()}"
     return f"+callbacks.signal={{_target_: tests.signals.SignalAt, {args}}}"
+
+
+def exit_status(stopped_run: Callable[[], object], name: str) -> int:
+    """The exit status of a run made in this process that a SignalAt stops with signal `name`:
+    its SystemExit's code, with this process's handler for that signal put back (Lightning
+    leaves its own in place, and ignores SIGINT after the first)."""
+    signum = getattr(signal, name)
+    handler = signal.getsignal(signum)
+    try:
+        stopped_run()
+    except SystemExit as stop:
+        return stop.code
+    finally:
+        signal.signal(signum, handler)
+    raise AssertionError(f"the run ended without being stopped by {name}")

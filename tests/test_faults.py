@@ -35,7 +35,7 @@ from tests.conftest import (
     run_entry,
     tiny_overrides,
 )
-from tests.signals import signal_at
+from tests.signals import exit_status, signal_at
 
 RESULT_KEYS = ("val/acc_best", "test/acc", "test/loss", "test/acc_per_class", "epochs")
 
@@ -111,14 +111,9 @@ def test_sigterm_saves_a_checkpoint_and_resumes_to_the_same_result(resume_setup,
 
     # Inside a training epoch, after a resume: saves after the current batch. (In this process
     # from here: the command line's path is the one above.)
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as stop:
-            resume = [*overrides, *no_periodic, "resume=true"]
-            train(compose_config("train", [*resume, signal_at(20, "SIGTERM")], tmp_path / "run"))
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    assert stop.value.code == 128 + signal.SIGTERM
+    resume = [*overrides, *no_periodic, "resume=true"]
+    stop = compose_config("train", [*resume, signal_at(20, "SIGTERM")], tmp_path / "run")
+    assert exit_status(lambda: train(stop), "SIGTERM") == 128 + signal.SIGTERM
     assert saved_step(tmp_path / "run") == 20
 
     train(compose_config("train", resume, tmp_path / "run"))
@@ -127,13 +122,8 @@ def test_sigterm_saves_a_checkpoint_and_resumes_to_the_same_result(resume_setup,
 
 def test_ctrl_c_records_an_interrupted_run(resume_setup, tmp_path):
     overrides, _ = resume_setup
-    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after the first
-    try:
-        with pytest.raises(SystemExit) as stop:
-            train(compose_config("train", [*overrides, signal_at(5, "SIGINT")], tmp_path))
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    assert stop.value.code == 128 + signal.SIGINT
+    stop = compose_config("train", [*overrides, signal_at(5, "SIGINT")], tmp_path)
+    assert exit_status(lambda: train(stop), "SIGINT") == 128 + signal.SIGINT
     record = metrics(tmp_path)
     assert record["status"] == "interrupted" and record["error"] == "interrupted by Ctrl-C"
     assert record["resume_command"].endswith(f"resume=true hydra.run.dir={tmp_path}")

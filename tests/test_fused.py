@@ -17,7 +17,7 @@ from src.data.loader import pixels_to_float
 from src.fused import train_group
 from src.train import train
 from tests.conftest import compose_config, tiny_overrides
-from tests.signals import signal_at
+from tests.signals import exit_status, signal_at
 
 # Members differ in seed and in what each may hold for itself.
 MEMBERS = [
@@ -107,12 +107,8 @@ def test_a_job_stopped_mid_epoch_trains_alone_from_where_it_stopped(folder_data,
     reference = tmp_path / "reference"
     train(config(tmp_path, folder_data, [], ["seed=1"], reference))
     stopped, other = tmp_path / "stopped", tmp_path / "other"
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit):
-            train(config(tmp_path, folder_data, [], ["seed=1", signal_at(20, "SIGTERM")], stopped))
-    finally:
-        signal.signal(signal.SIGTERM, handler)
+    stop = config(tmp_path, folder_data, [], ["seed=1", signal_at(20, "SIGTERM")], stopped)
+    assert exit_status(lambda: train(stop), "SIGTERM") == 128 + signal.SIGTERM
     cfgs = [
         config(tmp_path, folder_data, [], ["seed=1", "resume=true"], stopped),  # as the launcher
         config(tmp_path, folder_data, [], ["seed=2"], other),
