@@ -22,7 +22,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from benchmarks.common import build_net, compose_train, load_data
 from benchmarks.loops import evaluate, seeds_loader, seeds_steps
 from src.threads import set_threads
-from src.train import build_model, build_trainer
+from src.training import build_model, build_trainer
 
 
 class TrainClock(L.Callback):

@@ -1,4 +1,4 @@
-"""Fused sweeps (src.fused) against separate runs: the tutorial net at the seeds' batch 4.
+"""Fused sweeps (src.fused) against separate runs: the tutorial net at batch 4 (or --batch).
 
 K members, each with its own seed (weights) and SGD optimizer (momentum 0.9), with learning rates
 as in a sweep of 4 of them (members 0, 4, 8, ... share one), for a fixed number of optimizer steps
@@ -8,7 +8,7 @@ train_group steps them (weights concatenated per step, one backward, one SGD ste
 rate over its members' parameters: src.fused.optim). Prints and writes ms per step per member to
 results/bench/fused.json.
 
-    nice python -m benchmarks.fused [--steps 200] [K ...]
+    nice python -m benchmarks.fused [--steps 200] [--batch 4] [K ...]
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from src.fused.optim import step_all
 from src.models import ConvNet
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench" / "fused.json"
-BATCH = 4
 LEARNING_RATES = (0.0005, 0.001, 0.002, 0.004)  # benchmarks.sweep_launcher --fused's
 
 
@@ -60,10 +59,10 @@ def clock(step, steps: int, warm: int = 20) -> float:
     return (time.perf_counter() - started) / steps * 1e3
 
 
-def separate(k: int, steps: int) -> float:
+def separate(k: int, steps: int, batch: int) -> float:
     nets = [tutorial_net(i) for i in range(k)]
     opts = optimizers(nets)
-    x, y = [images(BATCH) for _ in range(k)], torch.randint(0, 10, (k, BATCH))
+    x, y = [images(batch) for _ in range(k)], torch.randint(0, 10, (k, batch))
 
     def step():
         for i, (net, opt) in enumerate(zip(nets, opts, strict=True)):
@@ -75,28 +74,28 @@ def separate(k: int, steps: int) -> float:
     return clock(step, steps)
 
 
-def fused(k: int, steps: int) -> float:
+def fused(k: int, steps: int, batch: int) -> float:
     nets = [tutorial_net(i) for i in range(k)]
     opts = optimizers(nets)
     net = FusedConvNet(nets)
-    x = fuse_inputs(images(k * BATCH), k)
-    y = torch.randint(0, 10, (k, BATCH))
+    x = fuse_inputs(images(k * batch), k)
+    y = torch.randint(0, 10, (k, batch))
 
     def step():
         logits = net(x)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
         for opt in opts:
             opt.zero_grad()
-        losses.view(k, BATCH).mean(1).sum().backward()
+        losses.view(k, batch).mean(1).sum().backward()
         step_all(opts, first=[False] * k)
 
     return clock(step, steps)
 
 
-def measure(ks: list[int], steps: int, out: Path) -> None:
+def measure(ks: list[int], steps: int, batch: int, out: Path) -> None:
     rows = {}
     for k in ks:
-        alone, together = separate(k, steps), fused(k, steps)
+        alone, together = separate(k, steps, batch), fused(k, steps, batch)
         rows[k] = {
             "separate_ms_per_step_per_member": round(alone / k, 3),
             "fused_ms_per_step_per_member": round(together / k, 3),
@@ -108,7 +107,7 @@ def measure(ks: list[int], steps: int, out: Path) -> None:
             flush=True,
         )
     result = {
-        "batch": BATCH,
+        "batch": batch,
         "steps": steps,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
@@ -123,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = ToolParser("python -m benchmarks.fused", __doc__.split("\n")[0])
     parser.add_argument("ks", nargs="*", type=int, default=[1, 4, 8, 16], metavar="K")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=4, help="images per step per member")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write (JSON)")
     args = parser.parse_args(argv)
-    return run_tool(lambda: measure(args.ks, args.steps, args.out))
+    return run_tool(lambda: measure(args.ks, args.steps, args.batch, args.out))
 
 
 if __name__ == "__main__":

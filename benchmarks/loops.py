@@ -23,7 +23,7 @@ from src.data import CIFAR10DataModule
 from src.data.fetching import Fetching
 from src.data.loader import EpochShuffle, TensorBatchLoader, pixels_to_float
 from src.threads import set_threads
-from src.train import build_model, build_trainer
+from src.training import build_model, build_trainer
 
 # The seed recipe (the PyTorch tutorial): SGD 0.001 with momentum 0.9, constant, no decay.
 SEED_RECIPE = (

@@ -4,15 +4,20 @@ The config resolvers run in the launching process, before Lightning starts any D
 torch.cuda.is_available() or get_device_capability() there initialises CUDA in that process,
 which a forked rank (strategy ddp_fork / ddp_notebook) cannot use afterwards. Counting goes
 through NVML instead (torch.cuda.device_count() does), and so does the compute capability where
-the NVML bindings (nvidia-ml-py) are installed.
+the NVML bindings (nvidia-ml-py) are installed. A machine without a GPU driver has no GPU, which
+is known without importing torch: a sweep's launching process, which only composes configs and
+hands them to its workers, then never imports it (seconds at every sweep's start).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +28,24 @@ BF16_NATIVE = (8, 0)
 
 def gpu_count() -> int:
     """GPUs this process may use (CUDA_VISIBLE_DEVICES applied), without initialising CUDA."""
+    if not gpu_driver():
+        return 0
+    import torch
+
     try:
         return torch.cuda.device_count()  # NVML where it can, and it never starts CUDA
     except RuntimeError:
         return 0
+
+
+def gpu_driver() -> bool:
+    """Whether this machine has a driver torch could reach a GPU through: NVIDIA's (its NVML
+    library comes with every NVIDIA driver, WSL's included) or ROCm's (/dev/kfd)."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return os.path.exists("/dev/kfd")
+    return True
 
 
 def gpu_capability() -> tuple[int, int] | None:
@@ -52,6 +71,8 @@ def gpu_capability() -> tuple[int, int] | None:
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # no bindings, an NVML without this call, an odd device name
+        import torch
+
         return torch.cuda.get_device_capability(0)
 
 
@@ -81,5 +102,7 @@ def tune_backends(device: torch.device, deterministic: bool) -> None:
     """
     if device.type != "cuda":
         return
+    import torch
+
     torch.backends.cudnn.benchmark = not deterministic
     torch.set_float32_matmul_precision("high")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 
-import torch
-
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -15,6 +13,8 @@ def available_cores() -> int:
 def set_threads(threads: int | None) -> int:
     """Use `threads` CPU threads for torch (default: every core this process may run on), and
     keep freed memory for reuse (keep_freed_memory)."""
+    import torch  # here, not above: the config resolvers use available_cores without torch
+
     n = threads or available_cores()
     torch.set_num_threads(n)
     keep_freed_memory()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 from unittest import mock
 
@@ -150,12 +151,20 @@ def compose_config(name: str, overrides: list[str], run_dir: Path) -> DictConfig
     return cfg
 
 
-def run_cli(module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 300, **popen):
+def run_cli(
+    module: str,
+    *overrides: str,
+    cwd: Path = ROOT,
+    timeout: int = 300,
+    python_flags: Sequence[str] = (),
+    **popen,
+):
     """Run an entry point as a user would; returns the CompletedProcess (never raises).
 
-    `popen` goes to subprocess.run (e.g. preexec_fn to limit the process)."""
+    `python_flags` go to the interpreter (e.g. -X importtime), `popen` to subprocess.run (e.g.
+    preexec_fn to limit the process)."""
     return subprocess.run(
-        [sys.executable, "-m", module, *overrides],
+        [sys.executable, *python_flags, "-m", module, *overrides],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
-from src.train import train
+from src.training import train
 from tests.conftest import CLASSES, compose_config, make_folder_tree, tiny_overrides
 
 IMAGE_TAGS = {

@@ -26,7 +26,7 @@ import src.eval
 import src.train
 from src.errors import OutputError, TrainingDiverged
 from src.recovery import AtomicCheckpointIO
-from src.train import train
+from src.training import train
 from tests.conftest import (
     CONF,
     compose_config,

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from src.checkpoint import load_classifier
 from src.data.loader import pixels_to_float
 from src.fused import train_group
-from src.train import train
+from src.training import train
 from tests.conftest import compose_config, tiny_overrides
 from tests.signals import exit_status, signal_at
 

@@ -42,7 +42,7 @@ STAND_IN = textwrap.dedent(
     def train_group(cfgs, out_dirs):
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import open_dict, read_write
-        from src.train import train
+        from src.training import train
         results = []
         for cfg, out in zip(cfgs, out_dirs):
             if os.environ.get("STAND_IN_CRASH") == out.name:

@@ -7,6 +7,7 @@ compute capabilities instead of real GPUs.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from datetime import timedelta
 from types import SimpleNamespace
@@ -171,6 +172,7 @@ def test_auto_precision_counts_gpus_without_initialising_cuda(monkeypatch):
         raise AssertionError("torch.cuda.is_available() initialises CUDA in the parent")
 
     monkeypatch.setattr(torch.cuda, "is_available", refuse)
+    monkeypatch.setattr(devices, "gpu_driver", lambda: True)  # as on a GPU machine
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(devices, "gpu_capability", lambda: (7, 5))  # a T4
     assert devices.auto_precision("auto") == "16-mixed"
@@ -181,6 +183,26 @@ def test_auto_precision_counts_gpus_without_initialising_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert devices.auto_precision("auto") == "32-true"
     assert not torch.cuda.is_initialized()
+
+
+def test_a_machine_without_a_gpu_driver_has_no_gpu_and_needs_no_torch_to_say_so():
+    # In a fresh interpreter, as a sweep's launching process asks: no NVIDIA (NVML) library and no
+    # ROCm device file means no GPU, decided without the seconds of importing torch.
+    probe = """
+import ctypes, os, sys
+def missing(name, *args, **kwargs):
+    raise OSError(f"{name}: cannot open shared object file")
+ctypes.CDLL = missing
+os.path.exists = lambda path: False
+from src import devices
+from hydra_plugins.cifar10_lab_launcher.slots import resolve_devices
+print(devices.gpu_count(), devices.auto_precision("auto"), resolve_devices("auto", "auto"))
+print("torch imported" if "torch" in sys.modules else "no torch")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split("\n")[:2] == ["0 32-true []", "no torch"], result.stderr
 
 
 # -- lead 2: a CPU sweep on a GPU machine shares the cores --------------------------------------

@@ -13,7 +13,7 @@ import src.predict
 from src.errors import DataError
 from src.eval import evaluate
 from src.predict import predict
-from src.train import train
+from src.training import train
 from tests.conftest import (
     CLASSES,
     compose_config,

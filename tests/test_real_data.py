@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from src.data import CIFAR10DataModule
-from src.train import train
+from src.training import train
 from tests.conftest import OFFICIAL_CLASSES, compose_config, real_overrides
 
 

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from src import reproduce
 from src.models.convnet import count_parameters, layer_summary
-from src.train import final_weights_rule, train
+from src.training import final_weights_rule, train
 from tests.conftest import CONF, compose_config, real_overrides, run_cli
 
 # Parameter counts of the layer lists in seed-models.md, counted by hand (10 classes).

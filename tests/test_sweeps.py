@@ -83,7 +83,11 @@ def test_a_failing_job_is_recorded_and_the_others_finish(folder_data, tmp_path):
         "model.depth=2,6",
         "model.base_width=4",
     )
-    result = run_cli("src.train", *args)
+    result = run_cli("src.train", *args, python_flags=["-X", "importtime"])
+    # The launching process composes configs and hands them to its workers: torch and Lightning
+    # (seconds to import) are theirs alone, even where resolvers count GPUs and conv widths.
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "src.cli" in imported and not imported & {"torch", "lightning"}
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "1 of 2 sweep jobs did not finish (depth=6)" in result.stderr
     assert "GeometryError: conv6" in result.stderr

@@ -15,7 +15,7 @@ import src.eval
 import src.train
 from src.errors import find_user_error
 from src.eval import evaluate
-from src.train import train
+from src.training import train
 from tests.conftest import compose_config, run_cli, run_entry, tiny_overrides
 
 KEYS = {

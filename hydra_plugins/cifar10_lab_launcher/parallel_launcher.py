@@ -294,7 +294,7 @@ class ParallelLauncher(Launcher):
         return worker
 
     def _preload(self) -> list[str]:
-        """What a worker imports before its first job: the task's module (torch, Lightning)."""
+        """What a worker imports before its first job: the task's module."""
         assert self.task_function is not None
         name = self.task_function.__module__
         if name == "__main__":  # `python -m src.train`: the module it runs as __main__

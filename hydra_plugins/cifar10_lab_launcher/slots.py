@@ -43,11 +43,9 @@ def detect_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        import torch  # the app imports it anyway; counting GPUs does not start CUDA (NVML)
-    except ImportError:
-        return []
-    return [str(i) for i in range(torch.cuda.device_count())]
+    from src.devices import gpu_count  # without a GPU driver, without importing torch
+
+    return [str(i) for i in range(gpu_count())]
 
 
 def resolve_devices(

@@ -2,7 +2,7 @@
 
 The summary is rewritten atomically whenever a job starts or ends, so a sweep stopped halfway
 keeps the record of every job that finished. Each job's metrics.json is written by the job
-itself (src/train.py); the launcher only reads it, except to mark a job whose process died
+itself (src/training.py); the launcher only reads it, except to mark a job whose process died
 without saying so (killed, out of memory) as failed.
 """
 

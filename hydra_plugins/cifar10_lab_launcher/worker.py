@@ -166,7 +166,7 @@ def main(in_fd: int, out_fd: int) -> int:
     from hydra_plugins.cifar10_lab_launcher.child import die_with_parent
 
     die_with_parent()
-    for module in header["preload"]:  # torch, Lightning, the task: once, before the first job
+    for module in header["preload"]:  # the task's module, before the first job
         importlib.import_module(module)
     return serve(inbox, outbox)
 

@@ -123,12 +123,12 @@ def train_group(cfgs: list[DictConfig], out_dirs: list[Path]) -> list[dict]:
     without its `hydra` node), out_dirs[i] its job folder. Each member writes into its folder
     what a single run writes (config.yaml, train.log, metrics.json with its own status,
     tensorboard/, checkpoints/best.ckpt or final.ckpt and last.ckpt, single-network
-    checkpoints). Returns each member's metrics dict (as src.train.train returns), in order.
+    checkpoints). Returns each member's metrics dict (as src.training.train returns), in order.
     A member that diverges is recorded as `diverged` and dropped while the others go on; a
     member whose folder holds a last.ckpt (an earlier, killed group) resumes from it; a member
     already finished is not trained again. A job that cannot be fused (why_alone), one whose
     last.ckpt was saved mid-epoch (stopped_mid_epoch), or a group of one, trains alone through
-    src.train.train. Raises only for a fault of the whole group
+    src.training.train. Raises only for a fault of the whole group
     (then every unfinished member is recorded as failed, with the error).
     """
     import time
@@ -192,10 +192,10 @@ def stopped_mid_epoch(cfg: DictConfig) -> bool:
 
 
 def _train_alone(member) -> dict:
-    """A job outside any group: src.train.train in its own Hydra context. Its own failure is
+    """A job outside any group: src.training.train in its own Hydra context. Its own failure is
     recorded in its metrics.json by train and does not stop the others."""
     from src.errors import find_user_error
-    from src.train import train
+    from src.training import train
 
     with member.context():
         try:

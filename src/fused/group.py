@@ -124,8 +124,8 @@ class Member:
         return next((c for c in self.trainer.callbacks if isinstance(c, kind)), None)
 
     def build(self, dm, fused_with: int) -> None:
-        """The member's net, trainer, optimizer and record, as src.train.train makes them."""
-        from src.train import build_model, build_trainer, check_config, final_weights_rule
+        """The member's net, trainer, optimizer and record, as src.training.train makes them."""
+        from src.training import build_model, build_trainer, check_config, final_weights_rule
 
         cfg = self.cfg
         check_config(cfg)
