@@ -136,7 +136,7 @@ def test_fuse_off_runs_every_job_alone():
     units = ParallelLauncher(fuse="off")._units(jobs, gpus=False)
     assert [[j.name for j in u.jobs] for u in units] == [["seed=0"], ["seed=1"], ["seed=2"]]
     with pytest.raises(Exception, match="hydra.launcher.fuse=maybe is not one of auto, off"):
-        ParallelLauncher(fuse="maybe")._units(jobs, gpus=False)
+        ParallelLauncher(fuse="maybe")._check_fuse()
 
 
 def stand_in_env(tmp_path: Path) -> dict[str, str]:

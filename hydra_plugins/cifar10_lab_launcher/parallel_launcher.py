@@ -187,14 +187,16 @@ class ParallelLauncher(Launcher):
         except ValueError as err:  # settings that leave no slot to run on
             raise SweepJobFailed(f"cannot start the sweep: {err}") from None
 
-    def _units(self, todo: list[Job], gpus: bool, slots: int = 1) -> list[Unit]:
-        """What runs in one process: each job alone, or (hydra.launcher.fuse=auto) the jobs that
-        src.fused can train as one model together, one line per group saying which and why."""
+    def _check_fuse(self) -> None:
         if self.fuse not in fusion.FUSE_CHOICES:
             raise SweepJobFailed(
                 f"cannot start the sweep: hydra.launcher.fuse={self.fuse} is not one of "
                 f"{', '.join(fusion.FUSE_CHOICES)}"
             )
+
+    def _units(self, todo: list[Job], gpus: bool, slots: int = 1) -> list[Unit]:
+        """What runs in one process: each job alone, or (hydra.launcher.fuse=auto) the jobs that
+        src.fused can train as one model together, one line per group saying which and why."""
         if self.fuse == "off" or len(todo) < 2:
             return [Unit([job]) for job in todo]
         max_fused = self.max_fused or fusion.MAX_FUSED["gpu" if gpus else "cpu"]
@@ -415,26 +417,25 @@ class ParallelLauncher(Launcher):
                 todo.append(job)
                 self._record(job, status="pending", error=None, return_value=None)
 
+        self._check_fuse()
         gpus = resolve_devices(self.devices, self.accelerator)
-        capacity = len(self._slots(gpus, len(todo)))
-        units = self._units(list(todo), bool(gpus), capacity)
-        slots = self._slots(gpus, len(units))
-        if units:
-            log.info(
-                LAUNCHING + ", into %s",
-                len(todo),
-                len(units),
-                len(slots),
-                sweep_dir,
-            )
-        waiting: deque[Unit] = deque(units)
-        free, running = list(reversed(slots)), []
+        # As many slots as there are jobs or cores (GPUs); fusing leaves at least one unit per
+        # slot (fusion.spread), so the slots do not depend on how the jobs are grouped.
+        slots = self._slots(gpus, len(todo))
+        units: list[Unit] = []
         # A scheduler's SIGTERM to the launcher stops the jobs the same way Ctrl-C does.
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            if units and self.devices_per_job == 1:
-                for slot in slots:  # all at once: their imports overlap
+            if todo and self.devices_per_job == 1:
+                # First, all at once: their imports of torch and Lightning overlap each other and
+                # the composing of every job's config for grouping.
+                for slot in slots:
                     self._worker(slot)
+            units = self._units(list(todo), bool(gpus), len(slots))
+            if units:
+                log.info(LAUNCHING + ", into %s", len(todo), len(units), len(slots), sweep_dir)
+            waiting: deque[Unit] = deque(units)
+            free, running = list(reversed(slots)), []
             while waiting or running:
                 while waiting and free:
                     unit, slot = waiting.popleft(), free.pop()

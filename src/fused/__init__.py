@@ -86,7 +86,10 @@ def once_per_epoch(val_check_interval) -> bool:
 
 def why_alone(cfg: DictConfig) -> str | None:
     """Why this job cannot train in a fused group (None: it can)."""
-    c = _resolved(cfg)
+    return _why_alone(_resolved(cfg))
+
+
+def _why_alone(c: dict) -> str | None:
     trainer, model = c.get("trainer", {}), c.get("model", {})
     target = (model.get("net") or {}).get("_target_")
     checks = [
@@ -108,10 +111,11 @@ def fusion_key(cfg: DictConfig) -> str:
     what a member may hold for itself (FUSABLE: seed, optimizer and scheduler settings, label
     smoothing, and where it writes). Jobs with equal keys may be fused; a job that cannot be
     fused at all (why_alone) gets a key of its own."""
-    reason = why_alone(cfg)
+    resolved = _resolved(cfg)  # once: resolving is most of the launcher's time per job
+    reason = _why_alone(resolved)
     if reason:
         return f"alone ({reason}) {uuid.uuid4().hex}"
-    flat = _flat(_resolved(cfg))
+    flat = _flat(resolved)
     kept = {key: value for key, value in flat.items() if not _fusable(key)}
     return json.dumps(kept, sort_keys=True, default=str)
 
