@@ -4,9 +4,9 @@ K members, each with its own seed (weights) and SGD optimizer (momentum 0.9), wi
 as in a sweep of 4 of them (members 0, 4, 8, ... share one), for a fixed number of optimizer steps
 on random data (speed only): K separate nets stepped one after another (the Classifier's step:
 forward, cross-entropy, zero_grad, backward, step), and the K fused by src.fused.FusedConvNet as
-train_group steps them (weights concatenated per step, one backward, one SGD step per learning
-rate over its members' parameters: src.fused.optim). Prints and writes ms per step per member to
-results/bench/fused.json.
+train_group steps them (the members' weights stacked once, one backward, one SGD update of the
+stacked weights with each member's learning rate: src.fused.optim.GroupStep). Prints and writes
+ms per step per member to results/bench/fused.json.
 
     nice python -m benchmarks.fused [--steps 200] [--batch 4] [K ...]
 """
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from src.cli import ToolParser, run_tool
 from src.files import write_json
 from src.fused.net import FusedConvNet, fuse_inputs
-from src.fused.optim import step_all
+from src.fused.optim import GroupStep
 from src.models import ConvNet
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench" / "fused.json"
@@ -81,13 +81,14 @@ def fused(k: int, steps: int, batch: int) -> float:
     x = fuse_inputs(images(k * batch), k)
     y = torch.randint(0, 10, (k, batch))
 
+    group_step = GroupStep(net.shared, opts)
+
     def step():
         logits = net(x)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        for opt in opts:
-            opt.zero_grad()
+        net.zero_grad()
         losses.view(k, batch).mean(1).sum().backward()
-        step_all(opts, first=[False] * k)
+        group_step(first=[False] * k)
 
     return clock(step, steps)
 

@@ -30,6 +30,9 @@ MEMBERS = [
 # up to steps of about lr, in a single run as much as in a fused one, so the fourth member
 # uses SGD with weight decay there.
 BN_MEMBERS = [*MEMBERS[:3], ["seed=3", "optimizer.lr=0.02", "optimizer.weight_decay=0.01"]]
+# A sweep of seeds and learning rates: every member's SGD has the same settings but its lr, so
+# the group steps its stacked weights in one update (src.fused.optim.GroupStep).
+SGD_MEMBERS = [["seed=1", "optimizer.lr=0.01"], ["seed=2", "optimizer.lr=0.03"], ["seed=4"]]
 
 
 def config(tmp_path: Path, data: Path, shared: list[str], own: list[str], run: Path):
@@ -56,6 +59,11 @@ def weights(run: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
             BN_MEMBERS,
             id="augment-bn-dropout",
         ),  # fmt: skip
+        pytest.param(
+            ["scheduler=cosine", "optimizer.nesterov=true", "optimizer.weight_decay=0.001"],
+            SGD_MEMBERS,
+            id="sgd-stacked-step",
+        ),
         pytest.param(
             [
                 "data.batch_size=2",
@@ -93,6 +101,9 @@ def test_each_member_trains_the_weights_of_its_own_run(shared, members, folder_d
         assert results[i]["status"] == "finished"
         assert results[i]["test/acc"] == pytest.approx(alone["test/acc"], abs=1e-6)
         assert results[i]["val/acc_best"] == pytest.approx(alone["val/acc_best"], abs=1e-6)
+    # Each checkpoint holds its member's weights only, not the group's stacked ones they view.
+    for tensor in weights(dirs[0]).values():
+        assert tensor.untyped_storage().nbytes() == tensor.nbytes
     # Members really differ from each other (not one run copied K times).
     assert not torch.allclose(
         weights(dirs[0])["net.features.0.weight"], weights(dirs[1])["net.features.0.weight"]
@@ -262,3 +273,60 @@ def test_one_step_for_same_settings_sgd_members_equals_each_ones_own(settings):
         for key in state:
             for name, value in state[key].items():
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(fused_state[key][name]))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}, {}],
+)
+def test_the_stacked_step_of_sgd_members_with_their_own_lr_equals_each_ones_own(settings):
+    """A sweep's group (plain SGD, own learning rates, changed mid-run as a schedule does)
+    steps the fused net's stacked weights in one update: after six steps with fresh gradients
+    every member's weights and momentum buffer equal its own SGD.step's to float32 rounding (the
+    stacked update multiplies by a per-member lr tensor, SGD by a scalar: one rounding apart)."""
+    from src.fused import optim
+    from src.fused.net import FusedConvNet
+    from src.models import ConvNet
+
+    def members() -> tuple[list[ConvNet], list[torch.optim.Optimizer]]:
+        torch.manual_seed(0)
+        nets = [ConvNet(channels=[4], hidden=[8], image_size=8) for _ in range(3)]
+        lrs = [0.1, 0.03, 0.1]
+        return nets, [
+            torch.optim.SGD(n.parameters(), lr=lr, **settings)
+            for n, lr in zip(nets, lrs, strict=True)
+        ]
+
+    (nets, alone), (fused_nets, together) = members(), members()
+    net = FusedConvNet(fused_nets)
+    group_step = optim.GroupStep(net.shared, together)
+    for step in range(6):
+        gen = torch.Generator().manual_seed(step)
+        for net_ in nets:
+            for p in net_.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+        gen.manual_seed(step)
+        net.zero_grad()
+        for net_ in fused_nets:
+            for p in net_.parameters():
+                p.grad += torch.randn(p.shape, generator=gen)  # the stacked gradient's view
+        if step == 3:  # a schedule lowers one member's rate
+            for optimizer in (alone[1], together[1]):
+                optimizer.param_groups[0]["lr"] = 0.01
+        for optimizer in alone:
+            optimizer.step()
+        with mock.patch.object(group_step, "_step", wraps=group_step._step) as stacked:
+            group_step([step == 0] * 3)
+        assert stacked.called == (step > 0)  # the first steps are each optimizer's own
+    for net_, fused_net, optimizer, fused_optimizer in zip(
+        nets, fused_nets, alone, together, strict=True
+    ):
+        for p, q in zip(net_.parameters(), fused_net.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+            if settings.get("momentum"):
+                torch.testing.assert_close(
+                    fused_optimizer.state[q]["momentum_buffer"],
+                    optimizer.state[p]["momentum_buffer"],
+                    rtol=1e-6,
+                    atol=1e-7,
+                )

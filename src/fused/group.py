@@ -44,7 +44,7 @@ from src.devices import tune_backends
 from src.errors import TrainingDiverged
 from src.files import write_text
 from src.fused.net import FusedConvNet, MemberRandom, fuse_inputs
-from src.fused.optim import step_all
+from src.fused.optim import GroupStep
 from src.models.convnet import count_parameters, layer_summary
 from src.recovery import AtomicCheckpointIO, record_failure
 from src.run_folder import RunRecord
@@ -205,14 +205,28 @@ class Member:
             "epoch": epoch,
             "global_step": self.global_step,
             "pytorch-lightning_version": L.__version__,
-            "state_dict": self.model.state_dict(),
+            "state_dict": owned(self.model.state_dict()),
             "loops": epoch_end_loops(epoch, fetching.fetches, self.global_step),
             "callbacks": {},
-            "optimizer_states": [self.optimizer.state_dict()],
+            "optimizer_states": [owned(self.optimizer.state_dict())],
             "lr_schedulers": [self.scheduler.state_dict()] if self.scheduler else [],
             "hparams_name": "kwargs",
             "hyper_parameters": dict(self.model.hparams),
         }
+
+
+def owned(value: Any) -> Any:
+    """`value` with copies of its tensors: a member's weights and momentum buffers are views of
+    the group's stacked ones, which torch.save would write whole, every member's in each file."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):  # a copy keeps a state dict's _metadata (layer versions)
+        kept = copy.copy(value)
+        kept.update((key, owned(item)) for key, item in value.items())
+        return kept
+    if isinstance(value, list | tuple):
+        return type(value)(owned(item) for item in value)
+    return value
 
 
 def epoch_end_loops(epoch: int, fetches: int, steps: int) -> dict:
@@ -290,6 +304,7 @@ class Group:
         self.members = members
         # No net once every member has left (all diverged): the epoch loop stops at once.
         self.net = FusedConvNet([m.model.net for m in members]) if members else None
+        self.step = GroupStep(self.net.shared, [m.optimizer for m in members]) if members else None
         self.smoothing = [m.smoothing for m in members]
 
     def without(self, gone: set[int]) -> Group:
@@ -388,17 +403,13 @@ def train_fused(members: list[Member]) -> None:
                 with autocast:
                     logits = group.net(x, [m.random for m in group.members])
                 losses = member_losses(logits, y, group.smoothing)
-                for m in group.members:
-                    m.optimizer.zero_grad()
+                group.net.zero_grad()
                 losses.mean(1).sum().backward()
                 with torch.no_grad():
                     correct = (logits.argmax(2) == y).sum(1)
                     step_losses = losses.detach()
                 # A fresh member's first step (a resumed one has its scheduler's count).
-                step_all(
-                    [m.optimizer for m in group.members],
-                    [m.global_step == 0 for m in group.members],
-                )
+                group.step([m.global_step == 0 for m in group.members])
                 for m in group.members:
                     if m.scheduler is not None:
                         m.scheduler.step()

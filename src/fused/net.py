@@ -6,9 +6,12 @@ multiply (baddbmm) over a K x in x out stack; ReLU and max-pool are per channel,
 already; batch norm over the concatenated channels is per member by construction. The output is
 K x B x classes.
 
-The weights stay the members' own parameters (each member keeps its own optimizer and its own
-checkpoint) and are concatenated at every forward: measured in benchmarks/fused.py, the
-concatenation of the tutorial net's ten small tensors is cheap next to a step (docs/fused.md).
+The members' weights are stacked once per group into one leaf tensor per layer and weight (what
+the fused layer computes with), and each member's own parameter becomes a view of its slice,
+its gradient a view of the leaf's gradient: the members' optimizers, state dicts and checkpoints
+stay those of single networks, while a step concatenates nothing and its backward accumulates
+into a few stacked gradients instead of K times as many small ones (HFTA fuses the parameters
+the same way).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 
 from src.errors import ConfigError
 
+WEIGHTED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
 SUPPORTED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Flatten, nn.Linear)
 
 
@@ -63,9 +67,9 @@ class MemberRandom:
 class FusedConvNet:
     """The fused forward pass of `nets` (src.models.ConvNet, all of one shape).
 
-    Holds no parameters of its own: it reads the members' modules at every call, so the members'
-    optimizers, state dicts and checkpoints are those of single networks. Built again, cheaply,
-    when the group's members change (a member dropped after diverging).
+    Takes the members' weights over (`shared`: each layer's stacked leaf tensors, the members'
+    parameters views of them) so that their optimizers step the fused weights; building it again
+    when the group's members change (a member dropped after diverging) stacks the others' anew.
     """
 
     def __init__(self, nets: Sequence[nn.Module]):
@@ -79,7 +83,22 @@ class FusedConvNet:
             if not isinstance(module, SUPPORTED):
                 raise ConfigError(f"a fused network cannot hold {type(module).__name__} layers")
         self.layers = list(zip(*layers, strict=True))
+        # Per layer, its stacked weights by name; `shared` lists each with the members' own.
+        self.weights: list[dict[str, Tensor]] = []
+        self.shared: list[tuple[Tensor, list[nn.Parameter]]] = []
+        for mods in self.layers:
+            stacked = {}
+            for name in ("weight", "bias"):
+                if isinstance(mods[0], WEIGHTED) and getattr(mods[0], name) is not None:
+                    params = [getattr(m, name) for m in mods]
+                    stacked[name] = share(params, along_rows=not isinstance(mods[0], nn.Linear))
+                    self.shared.append((stacked[name], params))
+            self.weights.append(stacked)
         self.training = True
+
+    def zero_grad(self) -> None:
+        """Zero the stacked gradients, and so every member's (views of them)."""
+        torch._foreach_zero_([leaf.grad for leaf, _ in self.shared])
 
     def train(self, mode: bool = True) -> FusedConvNet:
         self.training = mode
@@ -90,14 +109,13 @@ class FusedConvNet:
     def __call__(self, x: Tensor, randoms: Sequence[MemberRandom] = ()) -> Tensor:
         """x: B x K*C x H x W (member k: channels k*C..(k+1)*C); returns K x B x classes."""
         k = self.k
-        for mods in self.layers:
+        for mods, stacked in zip(self.layers, self.weights, strict=True):
             first = mods[0]
             if isinstance(first, nn.Conv2d):
-                weight = torch.cat([m.weight for m in mods])
-                bias = torch.cat([m.bias for m in mods]) if first.bias is not None else None
+                weight, bias = stacked["weight"], stacked.get("bias")
                 x = F.conv2d(x, weight, bias, first.stride, first.padding, first.dilation, k)
             elif isinstance(first, nn.BatchNorm2d):
-                x = self._batch_norm(x, mods)
+                x = self._batch_norm(x, mods, stacked)
             elif isinstance(first, nn.ReLU):
                 x = F.relu(x)
             elif isinstance(first, nn.MaxPool2d):
@@ -111,18 +129,19 @@ class FusedConvNet:
             elif isinstance(first, nn.Flatten):
                 x = x.reshape(x.shape[0], k, -1).transpose(0, 1)  # K x B x features
             elif isinstance(first, nn.Linear):
-                weight = torch.stack([m.weight for m in mods]).transpose(1, 2)  # K x in x out
-                bias = torch.stack([m.bias for m in mods]).unsqueeze(1)  # K x 1 x out
+                # Stacked K x out x in and K x out: K x B x in @ K x in x out + K x 1 x out.
+                weight, bias = stacked["weight"].transpose(1, 2), stacked["bias"].unsqueeze(1)
                 x = torch.baddbmm(bias, x, weight)
         return x
 
-    def _batch_norm(self, x: Tensor, mods: Sequence[nn.BatchNorm2d]) -> Tensor:
+    def _batch_norm(
+        self, x: Tensor, mods: Sequence[nn.BatchNorm2d], stacked: dict[str, Tensor]
+    ) -> Tensor:
         first = mods[0]
         training = self.training
         mean = torch.cat([m.running_mean for m in mods])
         var = torch.cat([m.running_var for m in mods])
-        weight = torch.cat([m.weight for m in mods]) if first.affine else None
-        bias = torch.cat([m.bias for m in mods]) if first.affine else None
+        weight, bias = stacked.get("weight"), stacked.get("bias")
         out = F.batch_norm(x, mean, var, weight, bias, training, first.momentum, first.eps)
         if training:  # F.batch_norm updated the concatenated statistics: give each its own
             with torch.no_grad():
@@ -144,6 +163,24 @@ class FusedConvNet:
             masked = [r.dropout(part, p) for r, part in zip(randoms, parts, strict=True)]
             return torch.cat(masked, 1).contiguous(memory_format=layout)
         return torch.stack([r.dropout(x[i], p) for i, r in enumerate(randoms)])
+
+
+def share(params: Sequence[nn.Parameter], along_rows: bool) -> Tensor:
+    """One leaf tensor (with a zero gradient) holding the members' `params`, concatenated along
+    their first dimension (`along_rows`: a grouped convolution's or batch norm's channels, in the
+    members' memory format) or stacked (K x out x in for a batched matrix multiply). Each
+    parameter becomes a view of its slice, and its gradient a view of the leaf's gradient, which
+    backward accumulates into in place; zero_grad must zero the leaf's (FusedConvNet.zero_grad):
+    a member's own optimizer.zero_grad would unlink its gradient."""
+    with torch.no_grad():
+        joined = torch.cat(list(params)) if along_rows else torch.stack(list(params))
+    leaf = joined.detach().requires_grad_(True)
+    leaf.grad = torch.zeros_like(leaf)
+    parts, grads = leaf.detach().chunk(len(params)), leaf.grad.chunk(len(params))
+    for param, part, grad in zip(params, parts, grads, strict=True):
+        param.data = part.view(param.shape) if not along_rows else part
+        param.grad = grad.view(param.shape) if not along_rows else grad
+    return leaf
 
 
 def _signature(module: nn.Module) -> tuple:
