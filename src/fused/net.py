@@ -203,3 +203,10 @@ def fuse_inputs(images: Tensor, k: int) -> Tensor:
     kb, c, h, w = images.shape
     fused = images.reshape(k, kb // k, c, h, w).transpose(0, 1).reshape(kb // k, k * c, h, w)
     return fused.contiguous(memory_format=memory_format(images))
+
+
+def side_by_side(pixels: Tensor) -> Tensor:
+    """K x B x H x W x C images (member after member, as cached) -> B x K*C x H x W in the
+    channels-last layout: fuse_inputs of the same images permuted to channels first."""
+    k, b, h, w, c = pixels.shape
+    return pixels.permute(1, 2, 3, 0, 4).reshape(b, h, w, k * c).permute(0, 3, 1, 2)
