@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from src.checkpoint import load_classifier
 from src.data.loader import pixels_to_float
 from src.fused import train_group
+from src.fused.optim import GroupStep
 from src.training import train
 from tests.conftest import compose_config, tiny_overrides
 from tests.signals import exit_status, signal_at
@@ -41,8 +42,23 @@ def config(tmp_path: Path, data: Path, shared: list[str], own: list[str], run: P
     return compose_config("train", overrides, run)
 
 
+def checkpoint(run: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run / "checkpoints" / name, weights_only=True)
+
+
 def weights(run: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / name, weights_only=True)["state_dict"]
+    return checkpoint(run, name)["state_dict"]
+
+
+def optimizer_tensors(run: Path) -> dict[str, torch.Tensor]:
+    """The optimizer state's tensors in last.ckpt (momentum buffers, Adam's moments), by name."""
+    state = checkpoint(run)["optimizer_states"][0]["state"]
+    return {
+        f"{index}.{name}": value
+        for index, values in state.items()
+        for name, value in values.items()
+        if isinstance(value, torch.Tensor) and value.dim() > 0
+    }
 
 
 @pytest.mark.parametrize(
@@ -91,19 +107,28 @@ def test_each_member_trains_the_weights_of_its_own_run(shared, members, folder_d
     cfgs = [
         config(tmp_path, folder_data, shared, own, d) for own, d in zip(members, dirs, strict=True)
     ]
-    results = train_group(cfgs, dirs)
+    original = GroupStep._step
+    with mock.patch.object(GroupStep, "_step", autospec=True, side_effect=original) as stacked:
+        results = train_group(cfgs, dirs)
+    # Plain-SGD members take the stacked update; a group with Adam steps member by member.
+    assert stacked.called == (members is SGD_MEMBERS)
     for i, own in enumerate(members):
         alone = train(config(tmp_path, folder_data, shared, own, tmp_path / "alone" / str(i)))
         mine, theirs = weights(dirs[i]), weights(tmp_path / "alone" / str(i))
         assert mine.keys() == theirs.keys()
         for name in theirs:
             torch.testing.assert_close(mine[name], theirs[name], rtol=1e-4, atol=1e-5)
+        # The optimizer state a resume continues from (momentum buffers, Adam's moments) too.
+        mine, theirs = optimizer_tensors(dirs[i]), optimizer_tensors(tmp_path / "alone" / str(i))
+        assert mine.keys() == theirs.keys()
+        for name in theirs:
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-4, atol=1e-5)
         assert results[i]["status"] == "finished"
         assert results[i]["test/acc"] == pytest.approx(alone["test/acc"], abs=1e-6)
         assert results[i]["val/acc_best"] == pytest.approx(alone["val/acc_best"], abs=1e-6)
-    # Each checkpoint holds its member's weights only, not the group's stacked ones they view.
-    for tensor in weights(dirs[0]).values():
-        assert tensor.untyped_storage().nbytes() == tensor.nbytes
+        # Its checkpoint holds its own tensors only, not the group's stacks they are views of.
+        tensors = [*weights(dirs[i]).values(), *optimizer_tensors(dirs[i]).values()]
+        assert all(t.untyped_storage().nbytes() == t.nbytes for t in tensors)
     # Members really differ from each other (not one run copied K times).
     assert not torch.allclose(
         weights(dirs[0])["net.features.0.weight"], weights(dirs[1])["net.features.0.weight"]

@@ -298,7 +298,8 @@ class SigtermFlag:
 
 
 class Group:
-    """The members training together: the fused net over them, rebuilt when one leaves."""
+    """The members training together: the fused net over them, built at every epoch and again
+    when one leaves."""
 
     def __init__(self, members: list[Member]):
         self.members = members
@@ -330,8 +331,8 @@ def train_fused(members: list[Member]) -> None:
     tune_backends(device, bool(cfg.trainer.get("deterministic")))
     summary = layer_table(cfg.model.name, layer_summary(first.model.net, (3, 32, 32)), first.params)
     for m in members:
+        m.model.to(device)  # first: a resumed optimizer's state goes where its parameters are
         m.make_optimizer(total_steps)
-        m.model.to(device)
         m.log.info(
             "training %s (%d parameters) on %s, %d CPU threads, fused with %d other jobs of the "
             "same network shape; run folder %s",

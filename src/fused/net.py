@@ -9,9 +9,9 @@ K x B x classes.
 The members' weights are stacked once per group into one leaf tensor per layer and weight (what
 the fused layer computes with), and each member's own parameter becomes a view of its slice,
 its gradient a view of the leaf's gradient: the members' optimizers, state dicts and checkpoints
-stay those of single networks, while a step concatenates nothing and its backward accumulates
-into a few stacked gradients instead of K times as many small ones (HFTA fuses the parameters
-the same way).
+stay those of single networks, while a step concatenates no weights (batch norm's running
+statistics still are) and its backward accumulates into a few stacked gradients instead of K
+times as many small ones (HFTA fuses the parameters the same way).
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ class FusedConvNet:
     """The fused forward pass of `nets` (src.models.ConvNet, all of one shape).
 
     Takes the members' weights over (`shared`: each layer's stacked leaf tensors, the members'
-    parameters views of them) so that their optimizers step the fused weights; building it again
-    when the group's members change (a member dropped after diverging) stacks the others' anew.
+    parameters views of them) so that their optimizers step the fused weights. train_fused
+    builds one at every epoch and when a member leaves (diverged), stacking the members'
+    current weights anew.
     """
 
     def __init__(self, nets: Sequence[nn.Module]):

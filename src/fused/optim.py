@@ -13,7 +13,7 @@ parameters (torch's own SGD update, torch.optim.sgd.sgd, foreach: bit for bit wh
 SGD.step gives); other optimizers step alone, and so does every optimizer's first step: an LR
 scheduler warns unless that one was taken by optimizer.step. (With nesterov, the multi-tensor
 update leaves the momentum-added value in the gradient tensors; nothing reads them before the
-next zero_grad.)
+next FusedConvNet.zero_grad.)
 """
 
 from __future__ import annotations
@@ -139,14 +139,18 @@ class GroupStep:
         torch._foreach_addcmul_(weights, grads, self._neg_lrs())
 
     def _neg_lrs(self) -> list[Tensor]:
-        """Per stacked weight, minus each member's learning rate over its rows (broadcast)."""
+        """Per stacked weight, minus each member's learning rate over its rows (broadcast).
+        Rebuilt when a rate changes (a schedule: every step), without waiting for a GPU: the
+        rates travel from pinned memory and are spread over each weight's rows on the device."""
         lrs = tuple(optimizer.param_groups[0]["lr"] for optimizer in self.optimizers)
         if lrs != self.lrs:
             k = len(lrs)
             weights = [leaf for leaf, _ in self.shared]
-            neg = -torch.tensor(lrs, dtype=weights[0].dtype, device=weights[0].device)
+            device = weights[0].device
+            neg = torch.tensor(lrs, dtype=weights[0].dtype, pin_memory=device.type == "cuda")
+            neg = neg.neg_().to(device, non_blocking=True).view(k, 1)
             self.neg_lrs = [
-                neg.repeat_interleave(w.shape[0] // k).view(-1, *[1] * (w.dim() - 1))
+                neg.expand(k, w.shape[0] // k).reshape(-1).view(-1, *[1] * (w.dim() - 1))
                 for w in weights
             ]
             self.lrs = lrs
