@@ -303,10 +303,15 @@ class Group:
 
     def __init__(self, members: list[Member]):
         self.members = members
-        # No net once every member has left (all diverged): the epoch loop stops at once.
-        self.net = FusedConvNet([m.model.net for m in members]) if members else None
-        self.step = GroupStep(self.net.shared, [m.optimizer for m in members]) if members else None
         self.smoothing = [m.smoothing for m in members]
+        if not members:  # every member has left (all diverged): the epoch loop stops at once
+            self.net = self.step = self.mean = self.std = None
+            return
+        self.net = FusedConvNet([m.model.net for m in members])
+        self.step = GroupStep(self.net.shared, [m.optimizer for m in members])
+        # The members' normalisation (one data set's), repeated for their images side by side.
+        k, model = len(members), members[0].model
+        self.mean, self.std = model.mean.repeat(1, k, 1, 1), model.std.repeat(1, k, 1, 1)
 
     def without(self, gone: set[int]) -> Group:
         return Group([m for i, m in enumerate(self.members) if i not in gone])
@@ -388,20 +393,23 @@ def train_fused(members: list[Member]) -> None:
                 idx = order[:, step * size : (step + 1) * size]
                 b = idx.shape[1]
                 pixels = images[idx].to(device)  # K x B x H x W x C, uint8
-                each = None  # the members' images one after another, as their own runs see them
-                if dm.augment_fn is not None:
+                first_batch = epoch == group.members[0].start_epoch and step == 0
+                augmenting = dm.augment_fn is not None
+                # The members' images one after another, as their own runs see them.
+                each = (
+                    pixels_to_float(pixels.flatten(0, 1), hwc=True)
+                    if augmenting or first_batch
+                    else None
+                )
+                if augmenting:
                     seeds = [
                         step_seed(m.cfg.data.augment_seed, 0, epoch, step) for m in group.members
                     ]
-                    each = pixels_to_float(pixels.flatten(0, 1), hwc=True)
                     each = dm.augment_fn(each, Draws(len(each), device, seeds, b))
                     x = fuse_inputs((each - mean) / std, k)
                 else:  # side by side before the float conversion: a quarter of the bytes moved
-                    x = pixels_to_float(side_by_side(pixels))
-                    x = (x - mean.repeat(1, k, 1, 1)) / std.repeat(1, k, 1, 1)
-                if epoch == group.members[0].start_epoch and step == 0:
-                    if each is None:
-                        each = pixels_to_float(pixels.flatten(0, 1), hwc=True)
+                    x = (pixels_to_float(side_by_side(pixels)) - group.mean) / group.std
+                if first_batch:
                     for m, part in zip(group.members, each.split(b), strict=True):
                         if m.callback(ImageDashboards):
                             m.callback(ImageDashboards).on_train_batch_end(

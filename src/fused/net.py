@@ -177,11 +177,15 @@ def share(params: Sequence[nn.Parameter], along_rows: bool) -> Tensor:
         joined = torch.cat(list(params)) if along_rows else torch.stack(list(params))
     leaf = joined.detach().requires_grad_(True)
     leaf.grad = torch.zeros_like(leaf)
-    parts, grads = leaf.detach().chunk(len(params)), leaf.grad.chunk(len(params))
+    parts, grads = member_views(leaf.detach(), params), member_views(leaf.grad, params)
     for param, part, grad in zip(params, parts, grads, strict=True):
-        param.data = part.view(param.shape) if not along_rows else part
-        param.grad = grad.view(param.shape) if not along_rows else grad
+        param.data, param.grad = part, grad
     return leaf
+
+
+def member_views(stacked: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Each member's slice of a stacked tensor, shaped as that member's own tensor in `like`."""
+    return [part.view(t.shape) for part, t in zip(stacked.chunk(len(like)), like, strict=True)]
 
 
 def _signature(module: nn.Module) -> tuple:

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 from torch.optim.sgd import sgd
 
+from src.fused.net import member_views
+
 SGD_SETTINGS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
 
@@ -113,10 +115,10 @@ class GroupStep:
             self.buffers = []
             for (leaf, _), layer in zip(self.shared, states, strict=True):
                 stacked = torch.empty_like(leaf, requires_grad=False)
-                for part, state in zip(stacked.chunk(len(layer)), layer, strict=True):
-                    own = state["momentum_buffer"]
-                    part.copy_(own.view(part.shape))
-                    state["momentum_buffer"] = part.view(own.shape)
+                own = [state["momentum_buffer"] for state in layer]
+                for state, buffer, part in zip(layer, own, member_views(stacked, own), strict=True):
+                    part.copy_(buffer)
+                    state["momentum_buffer"] = part
                 self.buffers.append(stacked)
         return True
 
@@ -136,16 +138,15 @@ class GroupStep:
                 grads = torch._foreach_add(grads, self.buffers, alpha=settings["momentum"])
             else:
                 grads = self.buffers
-        torch._foreach_addcmul_(weights, grads, self._neg_lrs())
+        torch._foreach_addcmul_(weights, grads, self._neg_lrs(weights))
 
-    def _neg_lrs(self) -> list[Tensor]:
+    def _neg_lrs(self, weights: list[Tensor]) -> list[Tensor]:
         """Per stacked weight, minus each member's learning rate over its rows (broadcast).
         Rebuilt when a rate changes (a schedule: every step), without waiting for a GPU: the
         rates travel from pinned memory and are spread over each weight's rows on the device."""
         lrs = tuple(optimizer.param_groups[0]["lr"] for optimizer in self.optimizers)
         if lrs != self.lrs:
             k = len(lrs)
-            weights = [leaf for leaf, _ in self.shared]
             device = weights[0].device
             neg = torch.tensor(lrs, dtype=weights[0].dtype, pin_memory=device.type == "cuda")
             neg = neg.neg_().to(device, non_blocking=True).view(k, 1)
